@@ -1,0 +1,56 @@
+# isobench: `make bench` runs the main job, `make test` the whole test suite.
+# Both set everything up first; `make setup` is idempotent.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Debian packages the project needs so far (runtime tests, reference runtimes, seccomp).
+APT_PACKAGES := busybox-static runc crun libseccomp2 iproute2 util-linux python3-venv
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup system-packages bench test unit integration lint cleanup clean
+
+setup: system-packages $(STAMP)
+
+system-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "isobench needs Debian packages that are missing; run as root:"; \
+	    echo "  apt-get update && apt-get install -y $$missing"; \
+	    exit 2; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+bench: setup
+	$(VENV)/bin/pytest bench/test_runtime_startup.py -p no:cacheprovider --benchmark-columns=median,iqr,min,max,rounds -s
+
+test: setup
+	$(VENV)/bin/pytest tests -p no:cacheprovider
+
+unit: setup
+	$(VENV)/bin/pytest tests/unit
+
+integration: setup
+	$(VENV)/bin/pytest tests/integration
+
+lint: setup
+	$(VENV)/bin/ruff check harness bench tests
+	$(VENV)/bin/ruff format --check harness bench tests
+	$(VENV)/bin/mypy
+
+cleanup: setup
+	$(VENV)/bin/isobench cleanup
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
