@@ -78,6 +78,7 @@ MNT_DETACH = 2
 
 # prctl(2) options, from <linux/prctl.h>.
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_SET_NAME = 15
 PR_CAPBSET_READ = 23

@@ -1,0 +1,403 @@
+"""The ordered steps that turn a validated spec into a container's PID 1.
+
+Parent side (`spawn`): fork the container's init, in a new PID namespace, and
+read its progress over a sync pipe. Child side (`_init_steps`), in order:
+
+    cgroup -> namespaces -> [parent: id maps, prestart/createRuntime hooks]
+    -> / private -> rootfs bind -> spec mounts -> /dev -> createContainer hooks
+    -> pivot_root -> sysctl -> masked/readonly paths -> hostname -> cwd
+    -> "created" -> [wait for start] -> startContainer hooks
+    -> drop privileges (rlimits, user, capabilities, no_new_privs, seccomp)
+    -> spawn the user process -> stay as PID 1: reap orphans, forward signals.
+
+The init stays as PID 1 (like tini / docker --init) so that orphans are reaped
+and the container's exit status is the user process's, signal deaths as 128+N.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from harness.errors import ContainerError, IsobenchError, UserError
+from harness.runtime import rootfs, security
+from harness.runtime import syscalls as sc
+from harness.runtime.cgroups.base import CgroupManager
+from harness.runtime.hooks import run_hooks
+from harness.runtime.spec import Spec
+from harness.runtime.syscalls import SyscallLayer
+
+# Signals PID 1 passes on to the user process (tini's set: everything catchable
+# that is not about the init itself).
+FORWARDED_SIGNALS: tuple[int, ...] = tuple(
+    s
+    for s in signal.valid_signals()
+    if isinstance(s, signal.Signals)
+    and s
+    not in (
+        signal.SIGKILL,
+        signal.SIGSTOP,
+        signal.SIGCHLD,
+        signal.SIGSEGV,
+        signal.SIGBUS,
+        signal.SIGFPE,
+        signal.SIGILL,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGTSTP,
+    )
+)
+EXEC_FAILED = 127
+
+# unshare(CLONE_NEWPID) changes the namespace of the *next* fork of the whole
+# process; this lock keeps two threads' creates from interleaving there.
+_PID_NS_LOCK = threading.Lock()
+_OWN_PID_NS_FD: int | None = None
+
+
+class _Reader:
+    """Reads newline-framed JSON messages from the sync pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def next(self) -> dict[str, object] | None:
+        while b"\n" not in self.buf:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        message: dict[str, object] = json.loads(line)
+        return message
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    """Everything the init process needs; built by the lifecycle code in the parent."""
+
+    spec: Spec
+    container_id: str
+    cgroup: CgroupManager | None
+    fifo: str | None  # exec FIFO to wait on before the user process starts; None = start at once
+    state_for_hooks: Callable[[int, str], dict[str, object]]
+
+
+@dataclass
+class Spawned:
+    """The parent's handle on a created container init."""
+
+    pid: int
+    sync_fd: int  # read end of the sync pipe; "started" / exec errors arrive here
+    reader: _Reader  # holds what was read past "created"
+
+
+def _own_pid_ns_fd() -> int:
+    global _OWN_PID_NS_FD
+    if _OWN_PID_NS_FD is None:
+        _OWN_PID_NS_FD = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    return _OWN_PID_NS_FD
+
+
+def _send(fd: int, message: dict[str, object]) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, (json.dumps(message) + "\n").encode())
+
+
+def spawn(req: SpawnRequest, sys: SyscallLayer) -> Spawned:
+    """Fork the container's init and return once it reports "created" (or raise)."""
+    spec = req.spec
+    r_sync, w_sync = os.pipe2(os.O_CLOEXEC)
+    r_go, w_go = os.pipe2(os.O_CLOEXEC)
+    pid_ns = spec.linux.namespace("pid")
+    user_ns = spec.linux.namespace("user")
+    # The new PID namespace is made here, in the parent, so that the forked init
+    # is PID 1 at once with no second fork; the parent then returns to its own
+    # namespace. With a user namespace the PID namespace must be owned by it,
+    # so then the child makes it and forks once more.
+    parent_makes_pid_ns = pid_ns is not None and user_ns is None
+    with _PID_NS_LOCK:
+        if parent_makes_pid_ns:
+            assert pid_ns is not None
+            _enter_pid_ns_for_children(pid_ns.path, sys)
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if parent_makes_pid_ns and pid != 0:
+                sys.setns(_own_pid_ns_fd(), sc.CLONE_NEWPID)
+    if pid == 0:  # the container's init
+        os.close(r_sync)
+        os.close(w_go)
+        code = 1
+        try:
+            code = _init_steps(req, sys, w_sync, r_go, child_makes_pid_ns=pid_ns is not None and not parent_makes_pid_ns)
+        except IsobenchError as exc:
+            _send(w_sync, {"type": "error", "message": str(exc), "user": isinstance(exc, UserError)})
+        except BaseException as exc:  # noqa: BLE001 - anything must reach the parent, never a traceback
+            _send(w_sync, {"type": "error", "message": f"{type(exc).__name__}: {exc}", "user": False})
+        os._exit(code)
+
+    os.close(w_sync)
+    os.close(r_go)
+    reader = _Reader(r_sync)
+    init_pid = pid
+    try:
+        while True:
+            message = reader.next()
+            if message is None:
+                raise ContainerError("container init exited before it was created")
+            kind = message.get("type")
+            if kind == "error":
+                text = str(message.get("message"))
+                raise UserError(text) if message.get("user") else ContainerError(text)
+            if kind == "need-maps":
+                _write_id_maps(pid, spec)
+                _send(w_go, {"type": "go"})
+            elif kind == "run-hooks":
+                state = req.state_for_hooks(pid, "created")
+                run_hooks("prestart", spec.hooks.prestart, state)
+                run_hooks("createRuntime", spec.hooks.create_runtime, state)
+                _send(w_go, {"type": "go"})
+            elif kind == "forked":
+                # User-namespace path: the init's child is PID 1; reap the intermediate.
+                init_pid = int(message["pid"])  # type: ignore[call-overload]
+                os.waitpid(pid, 0)
+            elif kind == "created":
+                break
+    except BaseException:
+        _kill_and_reap(init_pid)
+        if init_pid != pid:
+            _kill_and_reap(pid)
+        os.close(r_sync)
+        os.close(w_go)
+        raise
+    os.close(w_go)
+    return Spawned(pid=init_pid, sync_fd=r_sync, reader=reader)
+
+
+def wait_started(spawned: Spawned) -> None:
+    """Block until the init has spawned the user process, or raise what went wrong."""
+    message = spawned.reader.next()
+    if message is None:
+        return  # init exited without a word (killed); its exit status tells the rest
+    if message.get("type") == "error":
+        raise ContainerError(str(message.get("message")))
+
+
+def _kill_and_reap(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _enter_pid_ns_for_children(path: str | None, sys: SyscallLayer) -> None:
+    if path is None:
+        sys.unshare(sc.CLONE_NEWPID)
+        return
+    fd = _open_ns(path)
+    try:
+        sys.setns(fd, sc.CLONE_NEWPID)
+    finally:
+        os.close(fd)
+
+
+def _open_ns(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UserError(
+            f"config.json: linux.namespaces: cannot open namespace path {path}: {exc.strerror}; "
+            "accepted: a /proc/<pid>/ns/<type> file or a bind mount of one"
+        ) from None
+
+
+def _write_id_maps(pid: int, spec: Spec) -> None:
+    """Written by the parent, which has CAP_SETUID/CAP_SETGID in the parent user namespace."""
+    for name, mappings in (("uid_map", spec.linux.uid_mappings), ("gid_map", spec.linux.gid_mappings)):
+        text = "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in mappings)
+        if text:
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(text)
+
+
+# ------------------------------------------------------------------ child side
+
+
+def _init_steps(req: SpawnRequest, sys: SyscallLayer, w_sync: int, r_go: int, child_makes_pid_ns: bool) -> int:
+    spec = req.spec
+    os.umask(0o022)
+    # The init must not be dumpable: its /proc/1/exe is the host's interpreter
+    # (runc CVE-2019-5736; runc init does the same).
+    sys.prctl(sc.PR_SET_DUMPABLE, 0)
+    if req.cgroup is not None:
+        req.cgroup.apply(0)
+    go = _Reader(r_go)
+    _enter_namespaces(spec, sys, w_sync, go)
+    if child_makes_pid_ns:
+        pid = os.fork()
+        if pid != 0:
+            _send(w_sync, {"type": "forked", "pid": pid})
+            return 0
+    if spec.hooks.prestart or spec.hooks.create_runtime:
+        _send(w_sync, {"type": "run-hooks"})
+        if go.next() is None:
+            return 1
+    _prepare_rootfs(req, sys)
+    fifo_fd = os.open(req.fifo, os.O_PATH | os.O_CLOEXEC) if req.fifo else None
+    rootfs.pivot_root(spec.root.path, sys)
+    _finish_filesystem(spec, sys)
+    if spec.hostname is not None:
+        sys.sethostname(spec.hostname)
+    if spec.domainname is not None:
+        sys.setdomainname(spec.domainname)
+    rootfs.enter_cwd(spec.process.cwd)
+    _send(w_sync, {"type": "created"})
+    if fifo_fd is not None:
+        _wait_for_start(fifo_fd)
+    run_hooks("startContainer", spec.hooks.start_container, req.state_for_hooks(1, "running"))
+    return _become_pid1(spec, sys, w_sync)
+
+
+def _enter_namespaces(spec: Spec, sys: SyscallLayer, w_sync: int, go: _Reader) -> None:
+    """Join the namespaces that have a path, create the others (user first: it owns the rest)."""
+    user_ns = spec.linux.namespace("user")
+    if user_ns is not None:
+        if user_ns.path:
+            fd = _open_ns(user_ns.path)
+            sys.setns(fd, sc.CLONE_NEWUSER)
+            os.close(fd)
+        else:
+            sys.unshare(sc.CLONE_NEWUSER)
+            _send(w_sync, {"type": "need-maps"})
+            if go.next() is None:
+                raise ContainerError("runtime went away while writing id maps")
+        # Become root of the new user namespace, so that the rest is allowed.
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    flags = 0
+    for ns in spec.linux.namespaces:
+        if ns.type == "user":
+            continue
+        if ns.type == "pid" and user_ns is None:
+            continue  # made by the parent before the fork
+        if ns.path:
+            fd = _open_ns(ns.path)
+            sys.setns(fd, sc.NAMESPACE_FLAGS[ns.type])
+            os.close(fd)
+        else:
+            flags |= sc.NAMESPACE_FLAGS[ns.type]
+    if flags:
+        sys.unshare(flags)
+
+
+def _prepare_rootfs(req: SpawnRequest, sys: SyscallLayer) -> None:
+    spec = req.spec
+    in_user_ns = spec.linux.namespace("user") is not None
+    rootfs.set_root_propagation(spec, sys)
+    rootfs.bind_rootfs(spec.root.path, sys)
+    version = req.cgroup.version if req.cgroup is not None else 2
+    dev_is_tmpfs = False
+    for mount in spec.mounts:
+        rootfs.mount_one(spec.root.path, mount, version, sys)
+        if mount.destination.rstrip("/") == "/dev" and mount.type == "tmpfs":
+            dev_is_tmpfs = True
+    if dev_is_tmpfs or spec.linux.devices:
+        rootfs.create_devices(spec.root.path, spec.linux.devices, sys, bind=in_user_ns)
+    if spec.hooks.create_container:
+        run_hooks("createContainer", spec.hooks.create_container, req.state_for_hooks(os.getpid(), "created"))
+
+
+def _finish_filesystem(spec: Spec, sys: SyscallLayer) -> None:
+    """After pivot_root: sysctls (before /proc/sys turns read-only), masks, read-only paths."""
+    rootfs.write_sysctls(spec.linux.sysctl)
+    rootfs.mask_paths(spec.linux.masked_paths, sys)
+    rootfs.readonly_paths(spec.linux.readonly_paths, sys)
+    if spec.root.readonly:
+        rootfs.remount_root_readonly(sys)
+
+
+def _wait_for_start(fifo_fd: int) -> None:
+    """Block until `start` opens the FIFO for reading (runc's exec.fifo handshake)."""
+    fd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    os.write(fd, b"0")
+    os.close(fd)
+    os.close(fifo_fd)
+
+
+def resolve_executable(arg0: str, env: tuple[str, ...]) -> str:
+    """args[0] through the container's PATH (from process.env), as runc's exec.LookPath does."""
+    if "/" in arg0:
+        return arg0
+    path = next((e[5:] for e in env if e.startswith("PATH=")), "/usr/local/bin:/usr/bin:/bin")
+    for directory in path.split(":"):
+        candidate = os.path.join(directory or ".", arg0)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise ContainerError(f'exec: "{arg0}": executable file not found in $PATH')
+
+
+def _become_pid1(spec: Spec, sys: SyscallLayer, w_sync: int) -> int:
+    """Drop privileges, start the user process, then reap and forward signals until it exits."""
+    proc = spec.process
+    child: list[int] = []
+    pending: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child[0], signum)
+        else:
+            pending.append(signum)
+
+    for signum in FORWARDED_SIGNALS:
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(signum, forward)
+    executable = resolve_executable(proc.args[0], proc.env)
+    security.finalize_process(proc, spec.linux.seccomp, sys, keep_fds=(w_sync,))
+    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in proc.env)
+    try:
+        child.append(
+            os.posix_spawn(
+                executable,
+                list(proc.args),
+                env,
+                setsigdef=FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGXFSZ),
+                setsigmask=(),
+            )
+        )
+    except OSError as exc:
+        message = f'exec: "{proc.args[0]}": {exc.strerror}'
+        _send(w_sync, {"type": "error", "message": message})
+        os.write(2, f"isobench-runtime: {message}\n".encode())
+        return EXEC_FAILED
+    _send(w_sync, {"type": "started", "pid": child[0]})
+    os.close(w_sync)
+    for signum in pending:
+        forward(signum, None)
+    return _reap_until(child[0])
+
+
+def _reap_until(main_pid: int) -> int:
+    """Reap every child (orphans re-parent to PID 1); return when the main one has exited."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 1
+        if pid == main_pid:
+            return exit_code(status)
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128+N for death by signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
