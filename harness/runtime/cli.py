@@ -39,7 +39,7 @@ def _build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=text)
         c.add_argument("--bundle", "-b", default=".", help="bundle directory (default: current)")
         c.add_argument("--pid-file", default=None, help="write the init's host pid here")
-        c.add_argument("--console-socket", default=None, help="not supported: terminal must be false")
+        c.add_argument("--console-socket", default=None, help="unix socket that receives the pty master (terminal: true)")
         c.add_argument("--no-pivot", action="store_true", help="accepted; pivot_root is always used")
         c.add_argument("--no-new-keyring", action="store_true", help="accepted for runc compatibility")
         c.add_argument("--preserve-fds", type=int, default=0, help="not supported (must be 0)")
@@ -95,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
 def _unsupported(args: argparse.Namespace) -> None:
     if args.systemd_cgroup:
         raise UserError("--systemd-cgroup: no systemd cgroup driver; accepted: cgroupfs (omit the flag)")
-    if getattr(args, "console_socket", None):
-        raise UserError("--console-socket: terminals are not supported; accepted: process.terminal false")
     if getattr(args, "preserve_fds", 0):
         raise UserError("--preserve-fds: not supported; accepted: 0")
 
@@ -112,7 +110,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     rt = Runtime(root=args.root) if args.root else Runtime()
     verb = args.verb
     if verb == "create":
-        rt.create(_bundle(args.bundle), args.id, pid_file=args.pid_file)
+        rt.create(_bundle(args.bundle), args.id, pid_file=args.pid_file, console_socket=args.console_socket)
         return 0
     if verb == "run":
         return _run(rt, args)
@@ -141,7 +139,9 @@ def _run(rt: object, args: argparse.Namespace) -> int:
 
     assert isinstance(rt, Runtime)
     if args.detach:
-        rt.create(_bundle(args.bundle), args.id, pid_file=args.pid_file, start_now=True)
+        rt.create(
+            _bundle(args.bundle), args.id, pid_file=args.pid_file, start_now=True, console_socket=args.console_socket
+        )
         return 0
     init_pid: list[int] = []
 

@@ -13,11 +13,13 @@ import logging
 import os
 import select
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness.errors import ContainerError, IsobenchError, StateError
+from harness.errors import ContainerError, IsobenchError, StateError, UserError
 from harness.runtime import state as st
 from harness.runtime.cgroups.base import CgroupManager
 from harness.runtime.hooks import hook_from_dict, hook_to_dict, run_hooks
@@ -53,17 +55,36 @@ class Runtime:
     # ------------------------------------------------------------- create/start
 
     def create(
-        self, bundle: str | Spec, container_id: str, pid_file: str | None = None, start_now: bool = False
+        self,
+        bundle: str | Spec,
+        container_id: str,
+        pid_file: str | None = None,
+        start_now: bool = False,
+        console_socket: str | None = None,
+        console: Console | None = None,
     ) -> st.ContainerState:
-        """OCI `create`: everything but the user process, which waits for `start` (unless start_now)."""
+        """OCI `create`: everything but the user process, which waits for `start` (unless start_now).
+
+        With process.terminal the container gets a new pty: its master goes to
+        `console_socket` (runc's protocol: SCM_RIGHTS over a unix socket), or,
+        for a foreground run, into `console`, which relays it to this process's stdio.
+        """
         spec = bundle if isinstance(bundle, Spec) else load_bundle(bundle)
         state_dir = st.StateDir(self.root, container_id)
-        if spec.process.terminal:
-            raise _terminal_unsupported()
+        if spec.process.terminal and console_socket is None and console is None:
+            raise UserError(
+                "config.json: process.terminal is true but no --console-socket was given; "
+                "accepted: terminal false, or a console socket (or a foreground `run`)"
+            )
+        if not spec.process.terminal and console_socket is not None:
+            raise UserError("--console-socket given but config.json: process.terminal is false; accepted: one or the other")
         state_dir.claim()
         cgroup: CgroupManager | None = None
         spawned: Spawned | None = None
+        ours = theirs = None
         try:
+            if spec.process.terminal:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             cgroups_path = spec.linux.cgroups_path or f"{CGROUP_PARENT}/{container_id}"
             cgroup = self.cgroups(cgroups_path)
             cgroup.create()
@@ -85,7 +106,17 @@ class Runtime:
                     "annotations": annotations,
                 }
 
-            spawned = spawn(SpawnRequest(spec, container_id, cgroup, fifo, state_for_hooks), self.sys)
+            request = SpawnRequest(
+                spec, container_id, cgroup, fifo, state_for_hooks, theirs.fileno() if theirs else None
+            )
+            spawned = spawn(request, self.sys)
+            if ours is not None:
+                _, fds, _, _ = socket.recv_fds(ours, 64, 1)
+                if console_socket is not None:
+                    _send_console(console_socket, fds[0])
+                    os.close(fds[0])
+                elif console is not None:
+                    console.master = fds[0]
             start_time = st.proc_start_time(spawned.pid)
             record = st.ContainerState(
                 id=container_id,
@@ -112,6 +143,10 @@ class Runtime:
                     cgroup.destroy()
             state_dir.remove()
             raise
+        finally:
+            for end in (ours, theirs):
+                if end is not None:
+                    end.close()
         self.children[container_id] = spawned
         return record
 
@@ -154,14 +189,18 @@ class Runtime:
         on_created(pid) runs as soon as the init exists (the CLI installs its
         signal forwarding there); keep=True leaves the stopped container for `delete`.
         """
-        record = self.create(bundle, container_id, pid_file=pid_file, start_now=True)
+        console = Console()
+        record = self.create(bundle, container_id, pid_file=pid_file, start_now=True, console=console)
         try:
+            if console.master >= 0:
+                console.relay()
             if on_created is not None:
                 on_created(record.pid)
             wait_started(self.children[container_id])
             self._poststart(record)
             return self.wait(container_id)
         finally:
+            console.close()
             if not keep:
                 self.delete(container_id, force=True)
 
@@ -323,10 +362,51 @@ def _write_pid_file(path: str, pid: int) -> None:
     os.replace(tmp, path)
 
 
-def _terminal_unsupported() -> IsobenchError:
-    from harness.errors import UserError
+@dataclass
+class Console:
+    """A foreground run's pty master, relayed to and from this process's stdio."""
 
-    return UserError(
-        "config.json: process.terminal: true needs a console socket, which isobench-runtime does not "
-        "provide; accepted: false (stdio is passed through)"
-    )
+    master: int = -1
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def relay(self) -> None:
+        """Copy stdin -> pty and pty -> stdout in background threads until the pty closes."""
+        out = threading.Thread(target=self._copy, args=(self.master, 1), daemon=True)
+        out.start()
+        self._threads.append(out)
+        # stdin is not joined: a reader blocked on a terminal must not hold up exit.
+        threading.Thread(target=self._copy, args=(0, self.master), daemon=True).start()
+
+    def close(self) -> None:
+        """Wait for the output to drain (the pty reports EIO once every slave fd is closed)."""
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
+
+    @staticmethod
+    def _copy(src: int, dst: int) -> None:
+        while True:
+            try:
+                data = os.read(src, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                os.write(dst, data)
+            except OSError:
+                return
+
+
+def _send_console(socket_path: str, master: int) -> None:
+    """runc's console-socket protocol: the pty master as SCM_RIGHTS, name "/dev/ptmx"."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(socket_path)
+        except OSError as exc:
+            raise UserError(
+                f"--console-socket {socket_path}: cannot connect: {exc.strerror}; accepted: a listening unix socket"
+            ) from None
+        socket.send_fds(sock, [b"/dev/ptmx"], [master])

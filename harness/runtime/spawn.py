@@ -17,9 +17,13 @@ and the container's exit status is the user process's, signal deaths as 128+N.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
+import socket
+import struct
+import termios
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +91,7 @@ class SpawnRequest:
     cgroup: CgroupManager | None
     fifo: str | None  # exec FIFO to wait on before the user process starts; None = start at once
     state_for_hooks: Callable[[int, str], dict[str, object]]
+    console_sock: int | None = None  # process.terminal: where the init sends the pty master it makes
 
 
 @dataclass
@@ -258,12 +263,38 @@ def _init_steps(req: SpawnRequest, sys: SyscallLayer, w_sync: int, r_go: int, ch
         sys.sethostname(spec.hostname)
     if spec.domainname is not None:
         sys.setdomainname(spec.domainname)
+    if req.console_sock is not None:
+        _make_console(req.console_sock)
     rootfs.enter_cwd(spec.process.cwd)
     _send(w_sync, {"type": "created"})
     if fifo_fd is not None:
         _wait_for_start(fifo_fd)
     run_hooks("startContainer", spec.hooks.start_container, req.state_for_hooks(1, "running"))
     return _become_pid1(spec, sys, w_sync)
+
+
+TIOCGPTN = 0x80045430
+TIOCSPTLCK = 0x40045431
+
+
+def _make_console(sock: int) -> None:
+    """process.terminal: a pty from the container's own devpts becomes stdio and controlling tty.
+
+    It must come from the container's devpts (opened after pivot_root), or
+    ttyname() inside would name a host /dev/pts entry that does not exist there.
+    The master goes back to the runtime over `sock` (runc does the same).
+    """
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0\0\0\0"))[0]
+    os.setsid()
+    slave = os.open(f"/dev/pts/{number}", os.O_RDWR)
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.close(slave)
+    socket.send_fds(socket.socket(fileno=sock), [b"/dev/ptmx"], [master])
+    os.close(master)
 
 
 def _enter_namespaces(spec: Spec, sys: SyscallLayer, w_sync: int, go: _Reader) -> None:
