@@ -8,9 +8,10 @@ and a single `New`: the runtime only ever talks to a CgroupManager, and only
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from harness.errors import OSFailure, UserError
 from harness.runtime.spec import Resources
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -78,3 +79,44 @@ class CgroupManager(Protocol):
 
     def paths(self) -> dict[str, str]:
         """Controller (or "" on v2) -> absolute directory, for the state file and for cleanup."""
+
+
+def detect_version(root: Path, mountinfo: str) -> int:
+    """2 when root itself is a cgroup2 mount (pure v2); 1 otherwise (v1 or hybrid)."""
+    from harness.runtime.cgroups.fs import parse_mountinfo
+
+    fstype = ""
+    for mount in parse_mountinfo(mountinfo):
+        if mount.mountpoint == str(root):
+            fstype = mount.fstype  # the last mount on a path is the one in effect
+    return 2 if fstype == "cgroup2" else 1
+
+
+def new_manager(
+    cgroups_path: str, *, root: Path = CGROUP_ROOT, mountinfo: str | None = None
+) -> CgroupManager:
+    """The driver for this host's cgroup version, managing cgroups_path (nothing is created yet)."""
+    # Imported here, not at the top: the drivers import this module.
+    from harness.runtime.cgroups import v1, v2
+
+    if not cgroups_path.startswith("/") and cgroups_path.count(":") == 2:
+        raise UserError(
+            f"linux.cgroupsPath {cgroups_path!r} is runc's systemd form (slice:prefix:name), "
+            "which needs a systemd cgroup driver isobench does not have; use an absolute "
+            "path such as /isobench/<run-id>/<container>"
+        )
+    parts = PurePosixPath(cgroups_path).parts
+    if not cgroups_path.startswith("/") or len(parts) < 2 or ".." in parts:
+        raise UserError(
+            f"linux.cgroupsPath {cgroups_path!r} must be an absolute path below the cgroup "
+            "root without '..' components, such as /isobench/<run-id>/<container>"
+        )
+    path = "/" + "/".join(parts[1:])  # normalised: no "//", no "." components
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError as e:
+            raise OSFailure("read", "/proc/self/mountinfo", e.errno or 0) from e
+    if detect_version(root, mountinfo) == 2:
+        return v2.Manager(path, root)
+    return v1.Manager(path, v1.hierarchies(root, mountinfo))
