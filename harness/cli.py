@@ -14,6 +14,9 @@ def _build_parser() -> argparse.ArgumentParser:
     clean = sub.add_parser("cleanup", help="remove cgroups, mounts and state dirs left by crashed runs")
     clean.add_argument("--root", default=None, help="runtime state directory to sweep (default: the runtime's)")
     clean.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    clean.add_argument(
+        "--all", action="store_true", help="also kill running containers whose id lacks the isobench- prefix"
+    )
     return parser
 
 
@@ -24,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "cleanup":
             from harness.runtime.cleanup import cleanup
 
-            for line in cleanup(root=args.root, dry_run=args.dry_run):
+            for line in cleanup(root=args.root, dry_run=args.dry_run, everything=args.all):
                 print(line)
             return 0
     except IsobenchError as exc:

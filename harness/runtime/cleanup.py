@@ -1,0 +1,88 @@
+"""`isobench cleanup`: remove what crashed runs left behind.
+
+Everything the runtime makes is findable by name: state directories under the
+state root, cgroups under CGROUP_PARENT (`/isobench-runtime/<id>`) in every
+hierarchy. Containers whose id carries the isobench prefix are the harness's
+own and are killed if still running (by the pid their state file recorded,
+checked against its start time); any other id is removed only once stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+from harness.errors import IsobenchError
+from harness.runtime import state as st
+from harness.runtime.cgroups.base import CGROUP_ROOT, detect_version, new_manager
+from harness.runtime.lifecycle import CGROUP_PARENT, Runtime
+
+HARNESS_PREFIX = "isobench-"  # ids the harness makes: isobench-<run id>-<n>
+
+
+def _cgroup_dirs(prefix: str) -> set[str]:
+    """cgroupsPaths that exist under `prefix` in any hierarchy (the union over v1 controllers)."""
+    with open("/proc/self/mountinfo") as f:
+        mountinfo = f.read()
+    if detect_version(CGROUP_ROOT, mountinfo) == 2:
+        mounts = [str(CGROUP_ROOT)]
+    else:
+        from harness.runtime.cgroups.v1 import hierarchies
+
+        mounts = sorted(set(hierarchies(CGROUP_ROOT, mountinfo).values()))
+    found: set[str] = set()
+    for mount in mounts:
+        parent = Path(mount) / prefix.lstrip("/")
+        if parent.is_dir():
+            found.update(f"{prefix}/{child.name}" for child in parent.iterdir() if child.is_dir())
+    return found
+
+
+def cleanup(root: str | None = None, dry_run: bool = False, everything: bool = False) -> Iterator[str]:
+    """Remove leftover containers, cgroups and state dirs; yield one line per thing removed.
+
+    everything=True also kills running containers whose id lacks the harness prefix.
+    """
+    runtime = Runtime(root=root) if root else Runtime()
+    referenced: set[str] = set()
+    if os.path.isdir(runtime.root):
+        for name in sorted(os.listdir(runtime.root)):
+            line = _sweep_container(runtime, name, dry_run, everything, referenced)
+            if line:
+                yield line
+    for path in sorted(_cgroup_dirs(CGROUP_PARENT) - referenced):
+        if not dry_run:
+            manager = new_manager(path)
+            with contextlib.suppress(IsobenchError):
+                manager.kill_all(signal.SIGKILL)
+            manager.destroy()
+        yield f"{'would remove' if dry_run else 'removed'} cgroup {path}"
+    if not dry_run and os.path.isdir(runtime.root) and not os.listdir(runtime.root):
+        with contextlib.suppress(OSError):
+            os.rmdir(runtime.root)
+
+
+def _sweep_container(runtime: Runtime, name: str, dry_run: bool, everything: bool, referenced: set[str]) -> str | None:
+    try:
+        state_dir = st.StateDir(runtime.root, name)
+    except IsobenchError:
+        return f"kept {Path(runtime.root) / name}: not a container id, not made by the runtime"
+    try:
+        record = state_dir.load()
+    except (IsobenchError, ValueError, TypeError):
+        # A directory without a readable state file: a create that crashed midway.
+        if not dry_run:
+            state_dir.remove()
+        return f"{'would remove' if dry_run else 'removed'} half-created state dir {state_dir.path}"
+    status = st.status_of(record, state_dir)
+    ours = name.startswith(HARNESS_PREFIX)
+    if status != st.STOPPED and not (ours or everything):
+        referenced.add(record.cgroups_path)
+        return f"kept running container {name} (not made by the harness; --all removes it)"
+    if dry_run:
+        return f"would remove container {name} ({status})"
+    runtime.delete(name, force=True)
+    return f"removed container {name} (was {status})"
