@@ -9,6 +9,7 @@ raises StateError and changes nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import select
@@ -24,7 +25,8 @@ from harness.runtime import state as st
 from harness.runtime.cgroups.base import CgroupManager
 from harness.runtime.hooks import hook_from_dict, hook_to_dict, run_hooks
 from harness.runtime.spawn import SpawnRequest, Spawned, exit_code, spawn, wait_started
-from harness.runtime.spec import Spec, load_bundle
+from harness.runtime.rootfs import STANDARD_DEVICE_RULES
+from harness.runtime.spec import DeviceRule, Resources, Spec, load_bundle
 from harness.runtime.syscalls import SyscallLayer, linux
 
 log = logging.getLogger("isobench.runtime")
@@ -88,8 +90,7 @@ class Runtime:
             cgroups_path = spec.linux.cgroups_path or f"{CGROUP_PARENT}/{container_id}"
             cgroup = self.cgroups(cgroups_path)
             cgroup.create()
-            if spec.linux.resources is not None:
-                cgroup.set(spec.linux.resources)
+            cgroup.set(_with_standard_devices(spec.linux.resources))
             fifo = None
             if not start_now:
                 fifo = str(state_dir.fifo)
@@ -323,6 +324,13 @@ class Runtime:
             run_hooks(phase, [hook_from_dict(h) for h in hooks], doc)
         except ContainerError as exc:
             log.warning("%s", exc)
+
+
+def _with_standard_devices(resources: Resources | None) -> Resources:
+    """Deny all, the spec's device rules, then the standard devices (runc appends its AllowedDevices too)."""
+    resources = resources or Resources()
+    rules = (DeviceRule(allow=False), *resources.devices, *STANDARD_DEVICE_RULES)
+    return dataclasses.replace(resources, devices=rules)
 
 
 def _is_frozen(record: st.ContainerState) -> bool:

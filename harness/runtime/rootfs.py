@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from harness.errors import OSFailure, UserError
 from harness.runtime import syscalls as sc
-from harness.runtime.spec import Device, Mount, Spec
+from harness.runtime.spec import Device, DeviceRule, Mount, Spec
 from harness.runtime.syscalls import SyscallLayer
 
 # mount(8) option -> (clear the flag?, flag). Anything not here is passed as data.
@@ -72,6 +72,15 @@ STANDARD_DEVICES: tuple[tuple[str, int, int], ...] = (
     ("random", 1, 8),
     ("urandom", 1, 9),
     ("tty", 5, 0),
+)
+# Device-cgroup rules appended after the spec's own (runc's AllowedDevices):
+# mknod of anything, then use of the standard devices and of the pty pair.
+STANDARD_DEVICE_RULES: tuple[DeviceRule, ...] = (
+    DeviceRule(allow=True, type="c", access="m"),
+    DeviceRule(allow=True, type="b", access="m"),
+    *(DeviceRule(allow=True, type="c", major=major, minor=minor) for _, major, minor in STANDARD_DEVICES),
+    DeviceRule(allow=True, type="c", major=5, minor=2),  # /dev/ptmx
+    DeviceRule(allow=True, type="c", major=136),  # /dev/pts/*
 )
 DEV_SYMLINKS: tuple[tuple[str, str], ...] = (
     ("/proc/self/fd", "fd"),
