@@ -9,13 +9,23 @@ from harness.errors import IsobenchError
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="isobench", description="What isolation costs and whether it holds.")
+    parser = argparse.ArgumentParser(
+        prog="isobench", description="What isolation costs and whether it holds."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    clean = sub.add_parser("cleanup", help="remove cgroups, mounts and state dirs left by crashed runs")
-    clean.add_argument("--root", default=None, help="runtime state directory to sweep (default: the runtime's)")
-    clean.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    clean = sub.add_parser(
+        "cleanup", help="remove cgroups, mounts and state dirs left by crashed runs"
+    )
     clean.add_argument(
-        "--all", action="store_true", help="also kill running containers whose id lacks the isobench- prefix"
+        "--root", default=None, help="runtime state directory to sweep (default: the runtime's)"
+    )
+    clean.add_argument(
+        "--dry-run", action="store_true", help="list what would be removed, remove nothing"
+    )
+    clean.add_argument(
+        "--all",
+        action="store_true",
+        help="also kill running containers whose id lacks the isobench- prefix",
     )
     return parser
 

@@ -18,7 +18,7 @@ class UserError(IsobenchError):
     exit_code = 2
 
 
-class EnvironmentError_(IsobenchError):  # noqa: N801 - the trailing _ avoids shadowing the builtin alias
+class EnvironmentError_(IsobenchError):
     """This machine cannot do what was asked (missing tool, no root, no cgroup controller): exit 3."""
 
     exit_code = 3

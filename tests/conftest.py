@@ -46,7 +46,9 @@ CAPABILITIES: dict[str, Callable[[], bool]] = {
 def has(capability: str) -> bool:
     """Whether this host has the named capability."""
     if capability not in CAPABILITIES:
-        raise pytest.UsageError(f"unknown requires() capability {capability!r}; known: {sorted(CAPABILITIES)}")
+        raise pytest.UsageError(
+            f"unknown requires() capability {capability!r}; known: {sorted(CAPABILITIES)}"
+        )
     return CAPABILITIES[capability]()
 
 

@@ -24,7 +24,9 @@ def find_busybox() -> str:
     for path in BUSYBOX_CANDIDATES:
         if os.path.exists(path):
             return path
-    raise EnvironmentError_("busybox not found; install the Debian package busybox-static (make setup does)")
+    raise EnvironmentError_(
+        "busybox not found; install the Debian package busybox-static (make setup does)"
+    )
 
 
 def busybox_rootfs(rootfs: Path) -> Path:
@@ -33,14 +35,18 @@ def busybox_rootfs(rootfs: Path) -> Path:
     (rootfs / "bin").mkdir(parents=True, exist_ok=True)
     target = rootfs / "bin" / "busybox"
     shutil.copy2(busybox, target)
-    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    applets = subprocess.run(
+        [busybox, "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
     for applet in applets:
         link = rootfs / "bin" / applet
         if applet != "busybox" and not link.exists():
             link.symlink_to("busybox")
     for name in ("proc", "sys", "dev", "etc", "tmp", "root"):
         (rootfs / name).mkdir(exist_ok=True)
-    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+    (rootfs / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+    )
     (rootfs / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
     return rootfs
 

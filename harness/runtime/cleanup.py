@@ -41,7 +41,9 @@ def _cgroup_dirs(prefix: str) -> set[str]:
     return found
 
 
-def cleanup(root: str | None = None, dry_run: bool = False, everything: bool = False) -> Iterator[str]:
+def cleanup(
+    root: str | None = None, dry_run: bool = False, everything: bool = False
+) -> Iterator[str]:
     """Remove leftover containers, cgroups and state dirs; yield one line per thing removed.
 
     everything=True also kills running containers whose id lacks the harness prefix.
@@ -65,7 +67,9 @@ def cleanup(root: str | None = None, dry_run: bool = False, everything: bool = F
             os.rmdir(runtime.root)
 
 
-def _sweep_container(runtime: Runtime, name: str, dry_run: bool, everything: bool, referenced: set[str]) -> str | None:
+def _sweep_container(
+    runtime: Runtime, name: str, dry_run: bool, everything: bool, referenced: set[str]
+) -> str | None:
     try:
         state_dir = st.StateDir(runtime.root, name)
     except IsobenchError:

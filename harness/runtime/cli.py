@@ -8,6 +8,7 @@ start-up time is part of every launch it measures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -22,11 +23,15 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="isobench-runtime",
         description="OCI container runtime of isobench (runc-compatible verbs).",
     )
-    p.add_argument("--root", default=None, help="state directory (default /run/isobench-runtime as root)")
+    p.add_argument(
+        "--root", default=None, help="state directory (default /run/isobench-runtime as root)"
+    )
     p.add_argument("--log", default=None, help="append errors to this file")
     p.add_argument("--log-format", choices=("text", "json"), default="text", help="format of --log")
     p.add_argument("--debug", action="store_true", help="accepted for runc compatibility")
-    p.add_argument("--systemd-cgroup", action="store_true", help="not supported (no systemd driver)")
+    p.add_argument(
+        "--systemd-cgroup", action="store_true", help="not supported (no systemd driver)"
+    )
     p.add_argument("--rootless", default="auto", help="accepted for runc compatibility")
     p.add_argument("--criu", default=None, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="verb", required=True, metavar="COMMAND")
@@ -35,28 +40,47 @@ def _build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--bundle", "-b", default=".", help="bundle directory")
     spec.add_argument("--rootless", action="store_true", help="a spec for unprivileged use")
 
-    for name, text in (("create", "create a container; its process waits for `start`"), ("run", "create and start a container; wait for it")):
+    for name, text in (
+        ("create", "create a container; its process waits for `start`"),
+        ("run", "create and start a container; wait for it"),
+    ):
         c = sub.add_parser(name, help=text)
         c.add_argument("--bundle", "-b", default=".", help="bundle directory (default: current)")
         c.add_argument("--pid-file", default=None, help="write the init's host pid here")
-        c.add_argument("--console-socket", default=None, help="unix socket that receives the pty master (terminal: true)")
-        c.add_argument("--no-pivot", action="store_true", help="accepted; pivot_root is always used")
-        c.add_argument("--no-new-keyring", action="store_true", help="accepted for runc compatibility")
+        c.add_argument(
+            "--console-socket",
+            default=None,
+            help="unix socket that receives the pty master (terminal: true)",
+        )
+        c.add_argument(
+            "--no-pivot", action="store_true", help="accepted; pivot_root is always used"
+        )
+        c.add_argument(
+            "--no-new-keyring", action="store_true", help="accepted for runc compatibility"
+        )
         c.add_argument("--preserve-fds", type=int, default=0, help="not supported (must be 0)")
         if name == "run":
             c.add_argument("--detach", "-d", action="store_true", help="return once started")
-            c.add_argument("--no-subreaper", action="store_true", help="accepted for runc compatibility")
-            c.add_argument("--keep", action="store_true", help="do not delete the container on exit")
+            c.add_argument(
+                "--no-subreaper", action="store_true", help="accepted for runc compatibility"
+            )
+            c.add_argument(
+                "--keep", action="store_true", help="do not delete the container on exit"
+            )
         c.add_argument("id")
 
     sub.add_parser("start", help="start a created container").add_argument("id")
     sub.add_parser("state", help="print the OCI state of a container").add_argument("id")
     kill = sub.add_parser("kill", help="send a signal to a container's init (default SIGTERM)")
-    kill.add_argument("--all", "-a", action="store_true", help="signal every process in the container")
+    kill.add_argument(
+        "--all", "-a", action="store_true", help="signal every process in the container"
+    )
     kill.add_argument("id")
     kill.add_argument("signal", nargs="?", default="SIGTERM")
     delete = sub.add_parser("delete", help="delete a stopped container (--force: any)")
-    delete.add_argument("--force", "-f", action="store_true", help="kill it first if it is not stopped")
+    delete.add_argument(
+        "--force", "-f", action="store_true", help="kill it first if it is not stopped"
+    )
     delete.add_argument("id")
     lst = sub.add_parser("list", help="list containers")
     lst.add_argument("--format", "-f", choices=("table", "json"), default="table")
@@ -94,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _unsupported(args: argparse.Namespace) -> None:
     if args.systemd_cgroup:
-        raise UserError("--systemd-cgroup: no systemd cgroup driver; accepted: cgroupfs (omit the flag)")
+        raise UserError(
+            "--systemd-cgroup: no systemd cgroup driver; accepted: cgroupfs (omit the flag)"
+        )
     if getattr(args, "preserve_fds", 0):
         raise UserError("--preserve-fds: not supported; accepted: 0")
 
@@ -110,7 +136,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     rt = Runtime(root=args.root) if args.root else Runtime()
     verb = args.verb
     if verb == "create":
-        rt.create(_bundle(args.bundle), args.id, pid_file=args.pid_file, console_socket=args.console_socket)
+        rt.create(
+            _bundle(args.bundle),
+            args.id,
+            pid_file=args.pid_file,
+            console_socket=args.console_socket,
+        )
         return 0
     if verb == "run":
         return _run(rt, args)
@@ -140,27 +171,29 @@ def _run(rt: object, args: argparse.Namespace) -> int:
     assert isinstance(rt, Runtime)
     if args.detach:
         rt.create(
-            _bundle(args.bundle), args.id, pid_file=args.pid_file, start_now=True, console_socket=args.console_socket
+            _bundle(args.bundle),
+            args.id,
+            pid_file=args.pid_file,
+            start_now=True,
+            console_socket=args.console_socket,
         )
         return 0
     init_pid: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
         if init_pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(init_pid[0], signum)
-            except ProcessLookupError:
-                pass
 
     def on_created(pid: int) -> None:
         init_pid.append(pid)
         for signum in FORWARDED_SIGNALS:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 signal.signal(signum, forward)
-            except (OSError, ValueError):
-                pass
 
-    return rt.run(_bundle(args.bundle), args.id, pid_file=args.pid_file, on_created=on_created, keep=args.keep)
+    return rt.run(
+        _bundle(args.bundle), args.id, pid_file=args.pid_file, on_created=on_created, keep=args.keep
+    )
 
 
 def _spec(bundle: str, rootless: bool) -> int:
@@ -168,7 +201,9 @@ def _spec(bundle: str, rootless: bool) -> int:
 
     path = os.path.join(bundle, "config.json")
     if os.path.exists(path):
-        raise UserError(f"{path} exists; accepted: a bundle directory without config.json (remove it first)")
+        raise UserError(
+            f"{path} exists; accepted: a bundle directory without config.json (remove it first)"
+        )
     if not os.path.isdir(bundle):
         raise UserError(f"--bundle {bundle}: not a directory; accepted: an existing directory")
     with open(path, "w") as f:

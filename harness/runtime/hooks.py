@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterable, Mapping
 
 from harness.errors import ContainerError
@@ -12,6 +11,8 @@ from harness.runtime.spec import Hook
 
 def run_hooks(phase: str, hooks: Iterable[Hook], state: Mapping[str, object]) -> None:
     """Run hooks in order; the first that fails (non-zero, timeout, cannot exec) raises ContainerError."""
+    import subprocess  # here: most containers have no hooks, and the CLI starts faster without it
+
     payload = json.dumps(state).encode()
     for hook in hooks:
         argv = list(hook.args) or [hook.path]
@@ -27,7 +28,9 @@ def run_hooks(phase: str, hooks: Iterable[Hook], state: Mapping[str, object]) ->
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            raise ContainerError(f"{phase} hook {hook.path}: timed out after {hook.timeout} s") from None
+            raise ContainerError(
+                f"{phase} hook {hook.path}: timed out after {hook.timeout} s"
+            ) from None
         except OSError as exc:
             raise ContainerError(f"{phase} hook {hook.path}: {exc.strerror}") from None
         if proc.returncode != 0:
@@ -38,15 +41,20 @@ def run_hooks(phase: str, hooks: Iterable[Hook], state: Mapping[str, object]) ->
 
 def hook_to_dict(hook: Hook) -> dict[str, object]:
     """For state.json, so poststop hooks run at delete even if the bundle changed."""
-    return {"path": hook.path, "args": list(hook.args), "env": list(hook.env), "timeout": hook.timeout}
+    return {
+        "path": hook.path,
+        "args": list(hook.args),
+        "env": list(hook.env),
+        "timeout": hook.timeout,
+    }
 
 
 def hook_from_dict(raw: Mapping[str, object]) -> Hook:
     """Inverse of hook_to_dict."""
-    timeout = raw.get("timeout")
+    timeout, args, env = raw.get("timeout"), raw.get("args"), raw.get("env")
     return Hook(
         path=str(raw["path"]),
-        args=tuple(str(a) for a in raw.get("args", []) or []),  # type: ignore[union-attr]
-        env=tuple(str(e) for e in raw.get("env", []) or []),  # type: ignore[union-attr]
-        timeout=int(timeout) if isinstance(timeout, int) else None,
+        args=tuple(str(a) for a in args) if isinstance(args, list) else (),
+        env=tuple(str(e) for e in env) if isinstance(env, list) else (),
+        timeout=timeout if isinstance(timeout, int) else None,
     )

@@ -8,30 +8,29 @@ raises StateError and changes nothing.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
-import logging
 import os
 import select
 import signal
-import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from harness.errors import ContainerError, IsobenchError, StateError, UserError
 from harness.runtime import state as st
 from harness.runtime.cgroups.base import CgroupManager
 from harness.runtime.hooks import hook_from_dict, hook_to_dict, run_hooks
-from harness.runtime.spawn import SpawnRequest, Spawned, exit_code, spawn, wait_started
 from harness.runtime.rootfs import STANDARD_DEVICE_RULES
+from harness.runtime.spawn import Spawned, SpawnRequest, exit_code, spawn, wait_started
 from harness.runtime.spec import DeviceRule, Resources, Spec, load_bundle
 from harness.runtime.syscalls import SyscallLayer, linux
 
-log = logging.getLogger("isobench.runtime")
-
-CGROUP_PARENT = "/isobench-runtime"  # default cgroupsPath is <this>/<id>: `isobench cleanup` sweeps it
+CGROUP_PARENT = (
+    "/isobench-runtime"  # default cgroupsPath is <this>/<id>: `isobench cleanup` sweeps it
+)
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 
@@ -79,13 +78,17 @@ class Runtime:
                 "accepted: terminal false, or a console socket (or a foreground `run`)"
             )
         if not spec.process.terminal and console_socket is not None:
-            raise UserError("--console-socket given but config.json: process.terminal is false; accepted: one or the other")
+            raise UserError(
+                "--console-socket given but config.json: process.terminal is false; accepted: one or the other"
+            )
         state_dir.claim()
         cgroup: CgroupManager | None = None
         spawned: Spawned | None = None
         ours = theirs = None
         try:
             if spec.process.terminal:
+                import socket
+
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             cgroups_path = spec.linux.cgroups_path or f"{CGROUP_PARENT}/{container_id}"
             cgroup = self.cgroups(cgroups_path)
@@ -108,10 +111,17 @@ class Runtime:
                 }
 
             request = SpawnRequest(
-                spec, container_id, cgroup, fifo, state_for_hooks, theirs.fileno() if theirs else None
+                spec,
+                container_id,
+                cgroup,
+                fifo,
+                state_for_hooks,
+                theirs.fileno() if theirs else None,
             )
             spawned = spawn(request, self.sys)
             if ours is not None:
+                import socket
+
                 _, fds, _, _ = socket.recv_fds(ours, 64, 1)
                 if console_socket is not None:
                     _send_console(console_socket, fds[0])
@@ -191,7 +201,9 @@ class Runtime:
         signal forwarding there); keep=True leaves the stopped container for `delete`.
         """
         console = Console()
-        record = self.create(bundle, container_id, pid_file=pid_file, start_now=True, console=console)
+        record = self.create(
+            bundle, container_id, pid_file=pid_file, start_now=True, console=console
+        )
         try:
             if console.master >= 0:
                 console.relay()
@@ -209,7 +221,9 @@ class Runtime:
         """Wait for a container whose init this process forked; its exit status."""
         spawned = self.children.get(container_id)
         if spawned is None:
-            raise StateError(f"container {container_id} was not created by this process: cannot wait for it")
+            raise StateError(
+                f"container {container_id} was not created by this process: cannot wait for it"
+            )
         _, status = _waitpid_retry(spawned.pid)
         self._forget(container_id)
         return exit_code(status)
@@ -273,7 +287,7 @@ class Runtime:
         record = state_dir.load()
         return st.oci_state(record, self._status(record, state_dir))
 
-    def list(self) -> list[dict[str, object]]:
+    def list(self) -> builtins.list[dict[str, object]]:
         """Every container in this root, with its status."""
         out: list[dict[str, object]] = []
         if not os.path.isdir(self.root):
@@ -303,7 +317,9 @@ class Runtime:
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while st.proc_start_time(record.pid) == record.pid_start_time:
             if time.monotonic() > deadline:
-                raise ContainerError(f"container {container_id} init {record.pid} did not exit after SIGKILL")
+                raise ContainerError(
+                    f"container {container_id} init {record.pid} did not exit after SIGKILL"
+                )
             time.sleep(0.002)
 
     def _forget(self, container_id: str) -> None:
@@ -315,7 +331,13 @@ class Runtime:
     def _poststart(self, record: st.ContainerState) -> None:
         self._run_logged("poststart", record.poststart_hooks, record, st.RUNNING)
 
-    def _run_logged(self, phase: str, hooks: list[dict[str, object]], record: st.ContainerState, status: str) -> None:
+    def _run_logged(
+        self,
+        phase: str,
+        hooks: builtins.list[dict[str, object]],
+        record: st.ContainerState,
+        status: str,
+    ) -> None:
         """poststart and poststop failures are warnings: the spec says the lifecycle continues."""
         if not hooks:
             return
@@ -323,7 +345,7 @@ class Runtime:
         try:
             run_hooks(phase, [hook_from_dict(h) for h in hooks], doc)
         except ContainerError as exc:
-            log.warning("%s", exc)
+            os.write(2, f"isobench-runtime: warning: {exc}\n".encode())
 
 
 def _with_standard_devices(resources: Resources | None) -> Resources:
@@ -335,7 +357,11 @@ def _with_standard_devices(resources: Resources | None) -> Resources:
 
 def _is_frozen(record: st.ContainerState) -> bool:
     for controller, path in record.cgroup_paths.items():
-        name = "freezer.state" if controller == "freezer" else ("cgroup.freeze" if controller == "" else None)
+        name = (
+            "freezer.state"
+            if controller == "freezer"
+            else ("cgroup.freeze" if controller == "" else None)
+        )
         if name is None:
             continue
         try:
@@ -375,10 +401,12 @@ class Console:
     """A foreground run's pty master, relayed to and from this process's stdio."""
 
     master: int = -1
-    _threads: list[threading.Thread] = field(default_factory=list)
+    _threads: list[Any] = field(default_factory=list)
 
     def relay(self) -> None:
         """Copy stdin -> pty and pty -> stdout in background threads until the pty closes."""
+        import threading
+
         out = threading.Thread(target=self._copy, args=(self.master, 1), daemon=True)
         out.start()
         self._threads.append(out)
@@ -410,6 +438,8 @@ class Console:
 
 def _send_console(socket_path: str, master: int) -> None:
     """runc's console-socket protocol: the pty master as SCM_RIGHTS, name "/dev/ptmx"."""
+    import socket
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         try:
             sock.connect(socket_path)

@@ -78,7 +78,10 @@ STANDARD_DEVICES: tuple[tuple[str, int, int], ...] = (
 STANDARD_DEVICE_RULES: tuple[DeviceRule, ...] = (
     DeviceRule(allow=True, type="c", access="m"),
     DeviceRule(allow=True, type="b", access="m"),
-    *(DeviceRule(allow=True, type="c", major=major, minor=minor) for _, major, minor in STANDARD_DEVICES),
+    *(
+        DeviceRule(allow=True, type="c", major=major, minor=minor)
+        for _, major, minor in STANDARD_DEVICES
+    ),
     DeviceRule(allow=True, type="c", major=5, minor=2),  # /dev/ptmx
     DeviceRule(allow=True, type="c", major=136),  # /dev/pts/*
 )
@@ -232,7 +235,13 @@ def mount_one(rootfs: str, mount: Mount, cgroup_version: int, sys: SyscallLayer)
         if mount.type == "mqueue" or mount.type == "sysfs":
             # Both refuse to mount read-only in some kernels' first pass; mount rw
             # then remount, as runc does for /sys.
-            sys.mount(mount.source or mount.type, target, mount.type, opts.flags & ~sc.MS_RDONLY, opts.data)
+            sys.mount(
+                mount.source or mount.type,
+                target,
+                mount.type,
+                opts.flags & ~sc.MS_RDONLY,
+                opts.data,
+            )
             if opts.flags & sc.MS_RDONLY:
                 sys.mount(None, target, None, sc.MS_REMOUNT | opts.flags, opts.data)
         else:
@@ -286,7 +295,11 @@ def create_devices(rootfs: str, extra: tuple[Device, ...], sys: SyscallLayer, bi
         node = secure_join(rootfs, device.path)
         _make_device(node, device.type, device.major, device.minor, mode, bind, sys)
         if device.uid is not None or device.gid is not None:
-            os.chown(node, device.uid if device.uid is not None else -1, device.gid if device.gid is not None else -1)
+            os.chown(
+                node,
+                device.uid if device.uid is not None else -1,
+                device.gid if device.gid is not None else -1,
+            )
     for src, name in DEV_SYMLINKS:
         link = os.path.join(dev, name)
         if not os.path.lexists(link):
@@ -295,7 +308,9 @@ def create_devices(rootfs: str, extra: tuple[Device, ...], sys: SyscallLayer, bi
         os.symlink("/proc/kcore", os.path.join(dev, "core"))
 
 
-def _make_device(path: str, kind: str, major: int, minor: int, mode: int, bind: bool, sys: SyscallLayer) -> None:
+def _make_device(
+    path: str, kind: str, major: int, minor: int, mode: int, bind: bool, sys: SyscallLayer
+) -> None:
     if os.path.lexists(path):
         os.unlink(path)
     _mkdir_all(os.path.dirname(path))
@@ -350,7 +365,9 @@ def readonly_paths(paths: tuple[str, ...], sys: SyscallLayer) -> None:
         if not os.path.lexists(path):
             continue
         sys.mount(path, path, None, sc.MS_BIND | sc.MS_REC, None)
-        sys.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _locked_flags(path), None)
+        sys.mount(
+            None, path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _locked_flags(path), None
+        )
 
 
 def remount_root_readonly(sys: SyscallLayer) -> None:

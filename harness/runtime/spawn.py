@@ -17,13 +17,9 @@ and the container's exit status is the user process's, signal deaths as 128+N.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
-import socket
-import struct
-import termios
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,7 +87,9 @@ class SpawnRequest:
     cgroup: CgroupManager | None
     fifo: str | None  # exec FIFO to wait on before the user process starts; None = start at once
     state_for_hooks: Callable[[int, str], dict[str, object]]
-    console_sock: int | None = None  # process.terminal: where the init sends the pty master it makes
+    console_sock: int | None = (
+        None  # process.terminal: where the init sends the pty master it makes
+    )
 
 
 @dataclass
@@ -115,9 +113,25 @@ def _send(fd: int, message: dict[str, object]) -> None:
         os.write(fd, (json.dumps(message) + "\n").encode())
 
 
+def _preload_for_child(req: SpawnRequest) -> None:
+    """Import in the parent what the init imports lazily: after pivot_root it cannot find modules."""
+    if req.console_sock is not None:
+        import fcntl  # noqa: F401
+        import socket  # noqa: F401
+        import struct  # noqa: F401
+        import termios  # noqa: F401
+    if req.spec.hooks.start_container or req.spec.hooks.create_container:
+        import subprocess  # noqa: F401
+    if req.spec.linux.seccomp is not None:
+        from harness.runtime import seccomp
+
+        seccomp.load_library()
+
+
 def spawn(req: SpawnRequest, sys: SyscallLayer) -> Spawned:
     """Fork the container's init and return once it reports "created" (or raise)."""
     spec = req.spec
+    _preload_for_child(req)
     r_sync, w_sync = os.pipe2(os.O_CLOEXEC)
     r_go, w_go = os.pipe2(os.O_CLOEXEC)
     pid_ns = spec.linux.namespace("pid")
@@ -142,11 +156,21 @@ def spawn(req: SpawnRequest, sys: SyscallLayer) -> Spawned:
         os.close(w_go)
         code = 1
         try:
-            code = _init_steps(req, sys, w_sync, r_go, child_makes_pid_ns=pid_ns is not None and not parent_makes_pid_ns)
+            code = _init_steps(
+                req,
+                sys,
+                w_sync,
+                r_go,
+                child_makes_pid_ns=pid_ns is not None and not parent_makes_pid_ns,
+            )
         except IsobenchError as exc:
-            _send(w_sync, {"type": "error", "message": str(exc), "user": isinstance(exc, UserError)})
-        except BaseException as exc:  # noqa: BLE001 - anything must reach the parent, never a traceback
-            _send(w_sync, {"type": "error", "message": f"{type(exc).__name__}: {exc}", "user": False})
+            _send(
+                w_sync, {"type": "error", "message": str(exc), "user": isinstance(exc, UserError)}
+            )
+        except BaseException as exc:
+            _send(
+                w_sync, {"type": "error", "message": f"{type(exc).__name__}: {exc}", "user": False}
+            )
         os._exit(code)
 
     os.close(w_sync)
@@ -226,7 +250,10 @@ def _open_ns(path: str) -> int:
 
 def _write_id_maps(pid: int, spec: Spec) -> None:
     """Written by the parent, which has CAP_SETUID/CAP_SETGID in the parent user namespace."""
-    for name, mappings in (("uid_map", spec.linux.uid_mappings), ("gid_map", spec.linux.gid_mappings)):
+    for name, mappings in (
+        ("uid_map", spec.linux.uid_mappings),
+        ("gid_map", spec.linux.gid_mappings),
+    ):
         text = "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in mappings)
         if text:
             with open(f"/proc/{pid}/{name}", "w") as f:
@@ -236,7 +263,9 @@ def _write_id_maps(pid: int, spec: Spec) -> None:
 # ------------------------------------------------------------------ child side
 
 
-def _init_steps(req: SpawnRequest, sys: SyscallLayer, w_sync: int, r_go: int, child_makes_pid_ns: bool) -> int:
+def _init_steps(
+    req: SpawnRequest, sys: SyscallLayer, w_sync: int, r_go: int, child_makes_pid_ns: bool
+) -> int:
     spec = req.spec
     os.umask(0o022)
     # The init must not be dumpable: its /proc/1/exe is the host's interpreter
@@ -284,6 +313,11 @@ def _make_console(sock: int) -> None:
     ttyname() inside would name a host /dev/pts entry that does not exist there.
     The master goes back to the runtime over `sock` (runc does the same).
     """
+    import fcntl  # preloaded by _preload_for_child: after pivot_root no module can be found
+    import socket
+    import struct
+    import termios
+
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
     number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0\0\0\0"))[0]
@@ -343,7 +377,11 @@ def _prepare_rootfs(req: SpawnRequest, sys: SyscallLayer) -> None:
     if dev_is_tmpfs or spec.linux.devices:
         rootfs.create_devices(spec.root.path, spec.linux.devices, sys, bind=in_user_ns)
     if spec.hooks.create_container:
-        run_hooks("createContainer", spec.hooks.create_container, req.state_for_hooks(os.getpid(), "created"))
+        run_hooks(
+            "createContainer",
+            spec.hooks.create_container,
+            req.state_for_hooks(os.getpid(), "created"),
+        )
 
 
 def _finish_filesystem(spec: Spec, sys: SyscallLayer) -> None:
@@ -393,14 +431,14 @@ def _become_pid1(spec: Spec, sys: SyscallLayer, w_sync: int) -> int:
             signal.signal(signum, forward)
     executable = resolve_executable(proc.args[0], proc.env)
     security.finalize_process(proc, spec.linux.seccomp, sys, keep_fds=(w_sync,))
-    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in proc.env)
+    env = dict(e.partition("=")[::2] for e in proc.env)
     try:
         child.append(
             os.posix_spawn(
                 executable,
                 list(proc.args),
                 env,
-                setsigdef=FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGXFSZ),
+                setsigdef=(*FORWARDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ),
                 setsigmask=(),
             )
         )

@@ -1226,7 +1226,12 @@ def default_spec(args: list[str] | None = None, rootless: bool = False) -> dict[
                 "TERM=xterm",
             ],
             "cwd": "/",
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps, "ambient": caps},
+            "capabilities": {
+                "bounding": caps,
+                "effective": caps,
+                "permitted": caps,
+                "ambient": caps,
+            },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
             "noNewPrivileges": True,
         },

@@ -8,11 +8,12 @@ holds `state.json` (written atomically) and `exec.fifo`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import StateError, UserError
@@ -76,7 +77,7 @@ class ContainerState:
     owner: str = "root"
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True)
+        return json.dumps(vars(self), sort_keys=True)
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -139,14 +140,10 @@ class StateDir:
 
     def remove(self) -> None:
         for name in (STATE_FILE, FIFO_NAME, f".{STATE_FILE}.tmp"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path / name)
-            except FileNotFoundError:
-                pass
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.rmdir(self.path)
-        except FileNotFoundError:
-            pass
 
 
 def status_of(state: ContainerState, state_dir: StateDir, frozen: bool = False) -> str:
@@ -181,4 +178,7 @@ def oci_state(state: ContainerState, status: str) -> dict[str, object]:
 def now_rfc3339() -> str:
     """UTC time with nanoseconds, as runc writes `created`."""
     ns = time.time_ns()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000)) + f".{ns % 1_000_000_000:09d}Z"
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000))
+        + f".{ns % 1_000_000_000:09d}Z"
+    )

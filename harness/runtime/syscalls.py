@@ -9,7 +9,6 @@ Every failure raises OSFailure naming the operation and the path.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from typing import Protocol
 
@@ -120,7 +119,9 @@ class SyscallLayer(Protocol):
     def pivot_root(self, new_root: str, put_old: str) -> None: ...
     def sethostname(self, name: str) -> None: ...
     def setdomainname(self, name: str) -> None: ...
-    def prctl(self, option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int: ...
+    def prctl(
+        self, option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0
+    ) -> int: ...
     def capset(self, effective: int, permitted: int, inheritable: int) -> None: ...
     def close_range(self, first: int, last: int) -> None: ...
 
@@ -129,7 +130,8 @@ class Syscalls:
     """The real system calls, through libc."""
 
     def __init__(self) -> None:
-        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # By soname: ctypes.util.find_library would cost the CLI ~6 ms of imports.
+        self._libc = ctypes.CDLL("libc.so.6", use_errno=True)
         self._libc.mount.argtypes = [
             ctypes.c_char_p,
             ctypes.c_char_p,
@@ -212,7 +214,10 @@ class Syscalls:
     def close_range(self, first: int, last: int) -> None:
         """close_range(2), falling back to os.closerange on kernels without it."""
         rc = self._libc.syscall(
-            ctypes.c_long(SYS_CLOSE_RANGE), ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(0)
+            ctypes.c_long(SYS_CLOSE_RANGE),
+            ctypes.c_uint(first),
+            ctypes.c_uint(last),
+            ctypes.c_uint(0),
         )
         if rc < 0:
             os.closerange(first, min(last, 1 << 20))
