@@ -11,6 +11,9 @@ STAMP  := $(VENV)/.installed
 .PHONY: setup system-packages bench test unit integration lint cleanup clean
 
 setup: system-packages $(STAMP)
+	@# Bytecode up front: with PYTHONDONTWRITEBYTECODE set, every isobench-runtime
+	@# call would otherwise recompile the package (tens of ms per container launch).
+	@$(PY) -m compileall -q harness
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -31,9 +34,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
-	@# Bytecode up front: with PYTHONDONTWRITEBYTECODE set, every isobench-runtime
-	@# call would otherwise recompile the package (tens of ms per container launch).
-	@$(PY) -m compileall -q harness
 
 bench: setup
 	$(VENV)/bin/pytest bench/test_runtime_startup.py -p no:cacheprovider \
