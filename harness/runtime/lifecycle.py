@@ -224,8 +224,12 @@ class Runtime:
             raise StateError(
                 f"container {container_id} was not created by this process: cannot wait for it"
             )
-        _, status = _waitpid_retry(spawned.pid)
+        status = _waitpid(spawned.pid)
         self._forget(container_id)
+        if status is None:
+            raise ContainerError(
+                f"container {container_id}: its init is not a child of this process"
+            )
         return exit_code(status)
 
     # ------------------------------------------------------------ kill/delete
@@ -311,9 +315,10 @@ class Runtime:
 
     def _await_exit(self, container_id: str, record: st.ContainerState) -> None:
         if container_id in self.children:
-            _waitpid_retry(self.children[container_id].pid)
+            reaped = _waitpid(self.children[container_id].pid) is not None
             self._forget(container_id)
-            return
+            if reaped:
+                return
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while st.proc_start_time(record.pid) == record.pid_start_time:
             if time.monotonic() > deadline:
@@ -373,12 +378,12 @@ def _is_frozen(record: st.ContainerState) -> bool:
     return False
 
 
-def _waitpid_retry(pid: int) -> tuple[int, int]:
-    while True:
-        try:
-            return os.waitpid(pid, 0)
-        except ChildProcessError:
-            return pid, 0
+def _waitpid(pid: int) -> int | None:
+    """The wait status of our child pid, or None if it is not our child (never a made-up 0)."""
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return None
 
 
 def _kill_reap(pid: int) -> None:

@@ -232,20 +232,9 @@ def mount_one(rootfs: str, mount: Mount, cgroup_version: int, sys: SyscallLayer)
         _mount_cgroup(target, opts, cgroup_version, sys)
     else:
         _ensure_target(target, True)
-        if mount.type == "mqueue" or mount.type == "sysfs":
-            # Both refuse to mount read-only in some kernels' first pass; mount rw
-            # then remount, as runc does for /sys.
-            sys.mount(
-                mount.source or mount.type,
-                target,
-                mount.type,
-                opts.flags & ~sc.MS_RDONLY,
-                opts.data,
-            )
-            if opts.flags & sc.MS_RDONLY:
-                sys.mount(None, target, None, sc.MS_REMOUNT | opts.flags, opts.data)
-        else:
-            sys.mount(mount.source or mount.type, target, mount.type, opts.flags, opts.data)
+        # With the flags at mount time, never a later superblock remount: inside a
+        # user namespace the kernel refuses to remount sysfs read-only (EPERM).
+        sys.mount(mount.source or mount.type, target, mount.type, opts.flags, opts.data)
     for flag in opts.propagation:
         sys.mount(None, target, None, flag, None)
 
@@ -288,18 +277,23 @@ def create_devices(rootfs: str, extra: tuple[Device, ...], sys: SyscallLayer, bi
     the host's nodes are bind-mounted instead (runc does the same).
     """
     dev = os.path.join(rootfs, "dev")
-    for name, major, minor in STANDARD_DEVICES:
-        _make_device(os.path.join(dev, name), "c", major, minor, 0o666, bind, sys)
-    for device in extra:
-        mode = device.file_mode if device.file_mode is not None else 0o666
-        node = secure_join(rootfs, device.path)
-        _make_device(node, device.type, device.major, device.minor, mode, bind, sys)
-        if device.uid is not None or device.gid is not None:
-            os.chown(
-                node,
-                device.uid if device.uid is not None else -1,
-                device.gid if device.gid is not None else -1,
-            )
+    # mknod applies the umask; the nodes must be exactly 0666 (runc sets umask 0 here too).
+    old_umask = os.umask(0)
+    try:
+        for name, major, minor in STANDARD_DEVICES:
+            _make_device(os.path.join(dev, name), "c", major, minor, 0o666, bind, sys)
+        for device in extra:
+            mode = device.file_mode if device.file_mode is not None else 0o666
+            node = secure_join(rootfs, device.path)
+            _make_device(node, device.type, device.major, device.minor, mode, bind, sys)
+            if device.uid is not None or device.gid is not None:
+                os.chown(
+                    node,
+                    device.uid if device.uid is not None else -1,
+                    device.gid if device.gid is not None else -1,
+                )
+    finally:
+        os.umask(old_umask)
     for src, name in DEV_SYMLINKS:
         link = os.path.join(dev, name)
         if not os.path.lexists(link):

@@ -50,6 +50,9 @@ FORWARDED_SIGNALS: tuple[int, ...] = tuple(
         signal.SIGTTIN,
         signal.SIGTTOU,
         signal.SIGTSTP,
+        # The init's own writes to a closed sync pipe (the `create` process has
+        # exited) raise SIGPIPE; passed on, it would kill the user process.
+        signal.SIGPIPE,
     )
 )
 EXEC_FAILED = 127
@@ -141,6 +144,10 @@ def spawn(req: SpawnRequest, sys: SyscallLayer) -> Spawned:
     # namespace. With a user namespace the PID namespace must be owned by it,
     # so then the child makes it and forks once more.
     parent_makes_pid_ns = pid_ns is not None and user_ns is None
+    if pid_ns is not None and not parent_makes_pid_ns:
+        # The init will be our grandchild; as a subreaper we inherit it when the
+        # intermediate exits, and can wait for its exit status (runc run does this).
+        sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
     with _PID_NS_LOCK:
         if parent_makes_pid_ns:
             assert pid_ns is not None
@@ -271,6 +278,7 @@ def _init_steps(
     # The init must not be dumpable: its /proc/1/exe is the host's interpreter
     # (runc CVE-2019-5736; runc init does the same).
     sys.prctl(sc.PR_SET_DUMPABLE, 0)
+    rename_process(INIT_NAME, sys)
     if req.cgroup is not None:
         req.cgroup.apply(0)
     go = _Reader(r_go)
@@ -432,6 +440,8 @@ def _become_pid1(spec: Spec, sys: SyscallLayer, w_sync: int) -> int:
     executable = resolve_executable(proc.args[0], proc.env)
     security.finalize_process(proc, spec.linux.seccomp, sys, keep_fds=(w_sync,))
     env = dict(e.partition("=")[::2] for e in proc.env)
+    # runc sets HOME from the container's /etc/passwd when the spec does not.
+    env.setdefault("HOME", home_directory(proc.user.uid))
     try:
         child.append(
             os.posix_spawn(
@@ -452,6 +462,44 @@ def _become_pid1(spec: Spec, sys: SyscallLayer, w_sync: int) -> int:
     for signum in pending:
         forward(signum, None)
     return _reap_until(child[0])
+
+
+def home_directory(uid: int, passwd: str = "/etc/passwd") -> str:
+    """The home directory of uid in the (container's) passwd file, "/" when absent."""
+    try:
+        with open(passwd) as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) >= 6 and fields[2] == str(uid):
+                    return fields[5] or "/"
+    except OSError:
+        pass
+    return "/"
+
+
+INIT_NAME = "isobench-init"
+
+
+def rename_process(name: str, sys: SyscallLayer) -> None:
+    """Show `name` as this process's command line (and comm), as setproctitle does.
+
+    The init is a fork of the launching program; without this, `ps` inside the
+    container would show that program's argv, host paths included. The argv
+    area at /proc/self/stat's arg_start..arg_end is overwritten in place;
+    CPython keeps its own decoded copy of argv, so nothing reads the old bytes.
+    """
+    import ctypes
+
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    # Fields 48 and 49 (1-based) of stat; `fields` starts at field 3.
+    arg_start, arg_end = int(fields[45]), int(fields[46])
+    size = arg_end - arg_start
+    raw = name.encode()[: max(size - 1, 0)]
+    if size > 0:
+        ctypes.memmove(arg_start, raw + b"\0" * (size - len(raw)), size)
+    comm = ctypes.create_string_buffer(name.encode()[:15])
+    sys.prctl(sc.PR_SET_NAME, ctypes.addressof(comm))
 
 
 def _reap_until(main_pid: int) -> int:
