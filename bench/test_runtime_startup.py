@@ -34,7 +34,7 @@ from bench.conftest import SUMMARY
 from harness.platforms.oci_runtimes import ReferenceRuntime
 from harness.runtime.bundle import busybox_bundle
 from harness.runtime.lifecycle import CGROUP_PARENT, Runtime
-from harness.runtime.spec import load_bundle
+from harness.runtime.spec_load import load_bundle
 from harness.stats import paired_median_ratio, percentile
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="container launches need root")

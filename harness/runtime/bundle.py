@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from harness.errors import EnvironmentError_
-from harness.runtime.spec import default_spec
+from harness.runtime.spec_default import default_spec
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 

@@ -131,7 +131,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _spec(args.bundle, args.rootless)
 
     from harness.runtime.lifecycle import Runtime
-    from harness.runtime.spec import parse_signal
+    from harness.runtime.spec_load import parse_signal
 
     rt = Runtime(root=args.root) if args.root else Runtime()
     verb = args.verb
@@ -166,7 +166,7 @@ def _bundle(path: str) -> str:
 
 def _run(rt: object, args: argparse.Namespace) -> int:
     from harness.runtime.lifecycle import Runtime
-    from harness.runtime.spawn import FORWARDED_SIGNALS
+    from harness.runtime.pid1 import FORWARDED_SIGNALS
 
     assert isinstance(rt, Runtime)
     if args.detach:
@@ -197,7 +197,7 @@ def _run(rt: object, args: argparse.Namespace) -> int:
 
 
 def _spec(bundle: str, rootless: bool) -> int:
-    from harness.runtime.spec import default_spec
+    from harness.runtime.spec_default import default_spec
 
     path = os.path.join(bundle, "config.json")
     if os.path.exists(path):

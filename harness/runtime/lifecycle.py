@@ -23,9 +23,11 @@ from harness.errors import ContainerError, IsobenchError, StateError, UserError
 from harness.runtime import state as st
 from harness.runtime.cgroups.base import CgroupManager
 from harness.runtime.hooks import hook_from_dict, hook_to_dict, run_hooks
+from harness.runtime.pid1 import exit_code
 from harness.runtime.rootfs import STANDARD_DEVICE_RULES
-from harness.runtime.spawn import Spawned, SpawnRequest, exit_code, spawn, wait_started
-from harness.runtime.spec import DeviceRule, Resources, Spec, load_bundle
+from harness.runtime.spawn import Spawned, SpawnRequest, spawn, wait_started
+from harness.runtime.spec import DeviceRule, Resources, Spec
+from harness.runtime.spec_load import load_bundle
 from harness.runtime.syscalls import SyscallLayer, linux
 
 CGROUP_PARENT = (

@@ -8,10 +8,7 @@ read its progress over a sync pipe. Child side (`_init_steps`), in order:
     -> pivot_root -> sysctl -> masked/readonly paths -> hostname -> cwd
     -> "created" -> [wait for start] -> startContainer hooks
     -> drop privileges (rlimits, user, capabilities, no_new_privs, seccomp)
-    -> spawn the user process -> stay as PID 1: reap orphans, forward signals.
-
-The init stays as PID 1 (like tini / docker --init) so that orphans are reaped
-and the container's exit status is the user process's, signal deaths as 128+N.
+    -> spawn the user process -> stay as PID 1: reap orphans, forward signals (pid1.py).
 """
 
 from __future__ import annotations
@@ -25,37 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness.errors import ContainerError, IsobenchError, UserError
-from harness.runtime import rootfs, security
+from harness.runtime import pid1, rootfs
 from harness.runtime import syscalls as sc
 from harness.runtime.cgroups.base import CgroupManager
 from harness.runtime.hooks import run_hooks
+from harness.runtime.pid1 import send
 from harness.runtime.spec import Spec
 from harness.runtime.syscalls import SyscallLayer
-
-# Signals PID 1 passes on to the user process (tini's set: everything catchable
-# that is not about the init itself).
-FORWARDED_SIGNALS: tuple[int, ...] = tuple(
-    s
-    for s in signal.valid_signals()
-    if isinstance(s, signal.Signals)
-    and s
-    not in (
-        signal.SIGKILL,
-        signal.SIGSTOP,
-        signal.SIGCHLD,
-        signal.SIGSEGV,
-        signal.SIGBUS,
-        signal.SIGFPE,
-        signal.SIGILL,
-        signal.SIGTTIN,
-        signal.SIGTTOU,
-        signal.SIGTSTP,
-        # The init's own writes to a closed sync pipe (the `create` process has
-        # exited) raise SIGPIPE; passed on, it would kill the user process.
-        signal.SIGPIPE,
-    )
-)
-EXEC_FAILED = 127
 
 # unshare(CLONE_NEWPID) changes the namespace of the *next* fork of the whole
 # process; this lock keeps two threads' creates from interleaving there.
@@ -109,11 +82,6 @@ def _own_pid_ns_fd() -> int:
     if _OWN_PID_NS_FD is None:
         _OWN_PID_NS_FD = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     return _OWN_PID_NS_FD
-
-
-def _send(fd: int, message: dict[str, object]) -> None:
-    with contextlib.suppress(OSError):
-        os.write(fd, (json.dumps(message) + "\n").encode())
 
 
 def _preload_for_child(req: SpawnRequest) -> None:
@@ -171,11 +139,9 @@ def spawn(req: SpawnRequest, sys: SyscallLayer) -> Spawned:
                 child_makes_pid_ns=pid_ns is not None and not parent_makes_pid_ns,
             )
         except IsobenchError as exc:
-            _send(
-                w_sync, {"type": "error", "message": str(exc), "user": isinstance(exc, UserError)}
-            )
+            send(w_sync, {"type": "error", "message": str(exc), "user": isinstance(exc, UserError)})
         except BaseException as exc:
-            _send(
+            send(
                 w_sync, {"type": "error", "message": f"{type(exc).__name__}: {exc}", "user": False}
             )
         os._exit(code)
@@ -195,12 +161,12 @@ def spawn(req: SpawnRequest, sys: SyscallLayer) -> Spawned:
                 raise UserError(text) if message.get("user") else ContainerError(text)
             if kind == "need-maps":
                 _write_id_maps(pid, spec)
-                _send(w_go, {"type": "go"})
+                send(w_go, {"type": "go"})
             elif kind == "run-hooks":
                 state = req.state_for_hooks(pid, "created")
                 run_hooks("prestart", spec.hooks.prestart, state)
                 run_hooks("createRuntime", spec.hooks.create_runtime, state)
-                _send(w_go, {"type": "go"})
+                send(w_go, {"type": "go"})
             elif kind == "forked":
                 # User-namespace path: the init's child is PID 1; reap the intermediate.
                 init_pid = int(message["pid"])  # type: ignore[call-overload]
@@ -278,7 +244,7 @@ def _init_steps(
     # The init must not be dumpable: its /proc/1/exe is the host's interpreter
     # (runc CVE-2019-5736; runc init does the same).
     sys.prctl(sc.PR_SET_DUMPABLE, 0)
-    rename_process(INIT_NAME, sys)
+    pid1.rename_process(pid1.INIT_NAME, sys)
     if req.cgroup is not None:
         req.cgroup.apply(0)
     go = _Reader(r_go)
@@ -286,10 +252,10 @@ def _init_steps(
     if child_makes_pid_ns:
         pid = os.fork()
         if pid != 0:
-            _send(w_sync, {"type": "forked", "pid": pid})
+            send(w_sync, {"type": "forked", "pid": pid})
             return 0
     if spec.hooks.prestart or spec.hooks.create_runtime:
-        _send(w_sync, {"type": "run-hooks"})
+        send(w_sync, {"type": "run-hooks"})
         if go.next() is None:
             return 1
     _prepare_rootfs(req, sys)
@@ -303,11 +269,11 @@ def _init_steps(
     if req.console_sock is not None:
         _make_console(req.console_sock)
     rootfs.enter_cwd(spec.process.cwd)
-    _send(w_sync, {"type": "created"})
+    send(w_sync, {"type": "created"})
     if fifo_fd is not None:
         _wait_for_start(fifo_fd)
     run_hooks("startContainer", spec.hooks.start_container, req.state_for_hooks(1, "running"))
-    return _become_pid1(spec, sys, w_sync)
+    return pid1.become_pid1(spec, sys, w_sync)
 
 
 TIOCGPTN = 0x80045430
@@ -349,7 +315,7 @@ def _enter_namespaces(spec: Spec, sys: SyscallLayer, w_sync: int, go: _Reader) -
             os.close(fd)
         else:
             sys.unshare(sc.CLONE_NEWUSER)
-            _send(w_sync, {"type": "need-maps"})
+            send(w_sync, {"type": "need-maps"})
             if go.next() is None:
                 raise ContainerError("runtime went away while writing id maps")
         # Become root of the new user namespace, so that the rest is allowed.
@@ -407,114 +373,3 @@ def _wait_for_start(fifo_fd: int) -> None:
     os.write(fd, b"0")
     os.close(fd)
     os.close(fifo_fd)
-
-
-def resolve_executable(arg0: str, env: tuple[str, ...]) -> str:
-    """args[0] through the container's PATH (from process.env), as runc's exec.LookPath does."""
-    if "/" in arg0:
-        return arg0
-    path = next((e[5:] for e in env if e.startswith("PATH=")), "/usr/local/bin:/usr/bin:/bin")
-    for directory in path.split(":"):
-        candidate = os.path.join(directory or ".", arg0)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise ContainerError(f'exec: "{arg0}": executable file not found in $PATH')
-
-
-def _become_pid1(spec: Spec, sys: SyscallLayer, w_sync: int) -> int:
-    """Drop privileges, start the user process, then reap and forward signals until it exits."""
-    proc = spec.process
-    child: list[int] = []
-    pending: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        if child:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child[0], signum)
-        else:
-            pending.append(signum)
-
-    for signum in FORWARDED_SIGNALS:
-        with contextlib.suppress(OSError, ValueError):
-            signal.signal(signum, forward)
-    executable = resolve_executable(proc.args[0], proc.env)
-    security.finalize_process(proc, spec.linux.seccomp, sys, keep_fds=(w_sync,))
-    env = dict(e.partition("=")[::2] for e in proc.env)
-    # runc sets HOME from the container's /etc/passwd when the spec does not.
-    env.setdefault("HOME", home_directory(proc.user.uid))
-    try:
-        child.append(
-            os.posix_spawn(
-                executable,
-                list(proc.args),
-                env,
-                setsigdef=(*FORWARDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ),
-                setsigmask=(),
-            )
-        )
-    except OSError as exc:
-        message = f'exec: "{proc.args[0]}": {exc.strerror}'
-        _send(w_sync, {"type": "error", "message": message})
-        os.write(2, f"isobench-runtime: {message}\n".encode())
-        return EXEC_FAILED
-    _send(w_sync, {"type": "started", "pid": child[0]})
-    os.close(w_sync)
-    for signum in pending:
-        forward(signum, None)
-    return _reap_until(child[0])
-
-
-def home_directory(uid: int, passwd: str = "/etc/passwd") -> str:
-    """The home directory of uid in the (container's) passwd file, "/" when absent."""
-    try:
-        with open(passwd) as f:
-            for line in f:
-                fields = line.rstrip("\n").split(":")
-                if len(fields) >= 6 and fields[2] == str(uid):
-                    return fields[5] or "/"
-    except OSError:
-        pass
-    return "/"
-
-
-INIT_NAME = "isobench-init"
-
-
-def rename_process(name: str, sys: SyscallLayer) -> None:
-    """Show `name` as this process's command line (and comm), as setproctitle does.
-
-    The init is a fork of the launching program; without this, `ps` inside the
-    container would show that program's argv, host paths included. The argv
-    area at /proc/self/stat's arg_start..arg_end is overwritten in place;
-    CPython keeps its own decoded copy of argv, so nothing reads the old bytes.
-    """
-    import ctypes
-
-    with open("/proc/self/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    # Fields 48 and 49 (1-based) of stat; `fields` starts at field 3.
-    arg_start, arg_end = int(fields[45]), int(fields[46])
-    size = arg_end - arg_start
-    raw = name.encode()[: max(size - 1, 0)]
-    if size > 0:
-        ctypes.memmove(arg_start, raw + b"\0" * (size - len(raw)), size)
-    comm = ctypes.create_string_buffer(name.encode()[:15])
-    sys.prctl(sc.PR_SET_NAME, ctypes.addressof(comm))
-
-
-def _reap_until(main_pid: int) -> int:
-    """Reap every child (orphans re-parent to PID 1); return when the main one has exited."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            return 1
-        if pid == main_pid:
-            return exit_code(status)
-
-
-def exit_code(status: int) -> int:
-    """A wait status as a shell reports it: the exit code, or 128+N for death by signal N."""
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.waitstatus_to_exitcode(status)

@@ -29,7 +29,7 @@ import pytest
 from harness.runtime.bundle import busybox_bundle
 from harness.runtime.cgroups import new_manager
 from harness.runtime.lifecycle import CGROUP_PARENT, Runtime
-from harness.runtime.spec import load_bundle
+from harness.runtime.spec_load import load_bundle
 from tests.integration.conftest import (
     Config,
     cgroup_dirs,

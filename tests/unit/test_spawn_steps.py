@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from harness.errors import OSFailure
-from harness.runtime import rootfs, spawn
+from harness.runtime import pid1, rootfs, spawn
 from harness.runtime import syscalls as sc
-from harness.runtime.spec import default_spec, parse_spec
+from harness.runtime.spec_default import default_spec
+from harness.runtime.spec_load import parse_spec
 
 
 class Recorder:
@@ -164,15 +165,15 @@ def test_mount_options_split_into_flags_propagation_and_data() -> None:
 
 
 def test_exit_status_reports_signal_deaths_as_128_plus_n() -> None:
-    assert spawn.exit_code(9) == 128 + 9  # wait status of death by SIGKILL
-    assert spawn.exit_code(7 << 8) == 7
+    assert pid1.exit_code(9) == 128 + 9  # wait status of death by SIGKILL
+    assert pid1.exit_code(7 << 8) == 7
 
 
 def test_executable_is_looked_up_in_the_container_path(tmp_path: Path) -> None:
     tool = tmp_path / "tool"
     tool.write_text("#!/bin/sh\n")
     tool.chmod(0o755)
-    assert spawn.resolve_executable("tool", (f"PATH=/nonexistent:{tmp_path}",)) == str(tool)
-    assert spawn.resolve_executable("/abs/path", ()) == "/abs/path"
+    assert pid1.resolve_executable("tool", (f"PATH=/nonexistent:{tmp_path}",)) == str(tool)
+    assert pid1.resolve_executable("/abs/path", ()) == "/abs/path"
     with pytest.raises(Exception, match="not found in"):
-        spawn.resolve_executable("no-such-tool", (f"PATH={tmp_path}",))
+        pid1.resolve_executable("no-such-tool", (f"PATH={tmp_path}",))

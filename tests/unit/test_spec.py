@@ -29,11 +29,9 @@ from harness.runtime.spec import (
     ThrottleDevice,
     User,
     WeightDevice,
-    default_spec,
-    load_bundle,
-    parse_signal,
-    parse_spec,
 )
+from harness.runtime.spec_default import default_spec
+from harness.runtime.spec_load import load_bundle, parse_signal, parse_spec
 
 Json = dict[str, object]
 
