@@ -70,6 +70,7 @@ def busybox_bundle(
     elif not (bundle / "rootfs").exists():
         (bundle / "rootfs").symlink_to(rootfs)
     config = default_spec(args=args)
+    add_cgroup_namespace(config)
     process = config["process"]
     assert isinstance(process, dict)
     process["terminal"] = False
@@ -82,3 +83,13 @@ def busybox_bundle(
         resources["memory"] = {"limit": memory_limit}
     (bundle / "config.json").write_text(json.dumps(config, indent=2))
     return bundle
+
+
+def add_cgroup_namespace(config: dict[str, object]) -> None:
+    """All six namespaces: `runc spec` leaves out the cgroup one, isobench's containers have it."""
+    linux = config["linux"]
+    assert isinstance(linux, dict)
+    namespaces = linux["namespaces"]
+    assert isinstance(namespaces, list)
+    if {"type": "cgroup"} not in namespaces:
+        namespaces.append({"type": "cgroup"})

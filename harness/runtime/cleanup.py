@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +66,46 @@ def cleanup(
     if not dry_run and os.path.isdir(runtime.root) and not os.listdir(runtime.root):
         with contextlib.suppress(OSError):
             os.rmdir(runtime.root)
+    yield from _sweep_image_store(runtime, dry_run, everything)
+
+
+def _sweep_image_store(runtime: Runtime, dry_run: bool, everything: bool) -> Iterator[str]:
+    """Overlay roots of image containers whose run crashed, and half-written staging entries."""
+    from harness.image.containers import remove_stale, stale_containers
+    from harness.image.store import ImageStore, default_home
+
+    if not default_home().is_dir():
+        return
+    store = ImageStore()
+    stale = stale_containers(store, runtime, everything=everything)
+    if stale and not dry_run:
+        remove_stale(store, runtime, stale)
+    for name in stale:
+        yield f"{'would remove' if dry_run else 'removed'} image container {name} (overlay root and upper dir)"
+    staging = store.home / "tmp"
+    if staging.is_dir():
+        for entry in sorted(staging.iterdir()):
+            if not dry_run:
+                if entry.is_dir() and not entry.is_symlink():
+                    _unmount_below(entry)
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+            yield f"{'would remove' if dry_run else 'removed'} staging entry {entry}"
+
+
+def _unmount_below(path: Path) -> None:
+    """Detach any mount at or under path (a merged view left by a killed `image bundle`)."""
+    from harness.runtime.syscalls import MNT_DETACH, linux
+
+    prefix = str(path)
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted(
+        (p for p in points if p == prefix or p.startswith(prefix + "/")), reverse=True
+    ):
+        with contextlib.suppress(IsobenchError):
+            linux().umount2(point, MNT_DETACH)
 
 
 def _sweep_container(

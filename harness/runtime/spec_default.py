@@ -87,9 +87,10 @@ def default_spec(args: list[str] | None = None, rootless: bool = False) -> dict[
     """What `runc spec` (runc 1.1) writes, hostname "isobench"; rootless like `--rootless`."""
     caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
     if rootless:  # runc's ToRootless: no network namespace, a user namespace mapping only us
-        ns_types = ["pid", "ipc", "uts", "mount", "cgroup", "user"]
+        ns_types = ["pid", "ipc", "uts", "mount", "user"]
     else:
-        ns_types = ["pid", "network", "ipc", "uts", "mount", "cgroup"]
+        # runc 1.1's list: no cgroup namespace (the harness's own bundles add one).
+        ns_types = ["pid", "network", "ipc", "uts", "mount"]
     linux: dict[str, object] = {}
     if rootless:
         linux["uidMappings"] = [{"containerID": 0, "hostID": os.geteuid(), "size": 1}]

@@ -11,6 +11,7 @@ import pytest
 from harness.errors import OSFailure
 from harness.runtime import pid1, rootfs, spawn
 from harness.runtime import syscalls as sc
+from harness.runtime.bundle import add_cgroup_namespace
 from harness.runtime.spec_default import default_spec
 from harness.runtime.spec_load import parse_spec
 
@@ -116,7 +117,9 @@ def test_masked_paths_hide_files_under_dev_null_and_directories_under_tmpfs(tmp_
 
 
 def test_namespaces_are_created_in_one_unshare_without_pid(bundle: Path) -> None:
-    spec = parse_spec(json.loads(json.dumps(default_spec(args=["/bin/true"]))), str(bundle))
+    config = default_spec(args=["/bin/true"])
+    add_cgroup_namespace(config)
+    spec = parse_spec(json.loads(json.dumps(config)), str(bundle))
     rec = Recorder()
     spawn._enter_namespaces(spec, rec, -1, None)  # type: ignore[arg-type]
     expected = (
