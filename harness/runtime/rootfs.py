@@ -209,7 +209,16 @@ def bind_rootfs(rootfs: str, sys: SyscallLayer) -> None:
     sys.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC, None)
 
 
-def mount_one(rootfs: str, mount: Mount, cgroup_version: int, sys: SyscallLayer) -> None:
+@dataclass(frozen=True)
+class CgroupView:
+    """What the container's /sys/fs/cgroup mount shows: its own cgroup, never the host's tree."""
+
+    version: int
+    paths: dict[str, str]  # controller (or "name=X", or "" on v2) -> the container's cgroup dir
+    namespaced: bool  # in a cgroup namespace: fresh cgroupfs mounts are rooted at its cgroup
+
+
+def mount_one(rootfs: str, mount: Mount, cgroup: CgroupView, sys: SyscallLayer) -> None:
     """Mount one entry of the spec's `mounts`, target resolved inside the rootfs."""
     opts = parse_mount_options(mount.options)
     target = secure_join(rootfs, mount.destination)
@@ -229,7 +238,7 @@ def mount_one(rootfs: str, mount: Mount, cgroup_version: int, sys: SyscallLayer)
         if extra:
             sys.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | extra, None)
     elif mount.type == "cgroup":
-        _mount_cgroup(target, opts, cgroup_version, sys)
+        _mount_cgroup(target, opts, cgroup, sys)
     else:
         _ensure_target(target, True)
         # With the flags at mount time, never a later superblock remount: inside a
@@ -239,20 +248,46 @@ def mount_one(rootfs: str, mount: Mount, cgroup_version: int, sys: SyscallLayer)
         sys.mount(None, target, None, flag, None)
 
 
-def _mount_cgroup(target: str, opts: ParsedOptions, version: int, sys: SyscallLayer) -> None:
-    """Mount the container's view of cgroupfs (its own cgroup as root, via the cgroup namespace)."""
+def _mount_cgroup(target: str, opts: ParsedOptions, cgroup: CgroupView, sys: SyscallLayer) -> None:
+    """The container's own cgroup at /sys/fs/cgroup, like runc's mountCgroupV1/V2.
+
+    In a cgroup namespace a fresh cgroupfs mount is rooted at the container's
+    cgroup. Without one it would show the host's whole tree (every other
+    container included), so the container's own directories are bind-mounted.
+    """
     _ensure_target(target, True)
-    if version == 2:
-        sys.mount("cgroup2", target, "cgroup2", opts.flags, None)
+    if cgroup.version == 2:
+        _mount_hierarchy(
+            target, "cgroup2", "cgroup2", None, cgroup.paths.get(""), opts.flags, cgroup, sys
+        )
         return
-    # v1: a tmpfs holding one mount per hierarchy, like runc's mountCgroupV1.
     sys.mount("tmpfs", target, "tmpfs", opts.flags & ~sc.MS_RDONLY, "mode=755")
     for name, options in v1_hierarchies():
+        own = next((cgroup.paths[o] for o in options.split(",") if o in cgroup.paths), None)
+        if own is None and not cgroup.namespaced:
+            continue  # a hierarchy we did not join: showing it would show the host's
         sub = os.path.join(target, name)
         _mkdir_all(sub)
-        sys.mount("cgroup", sub, "cgroup", opts.flags, options)
+        _mount_hierarchy(sub, "cgroup", "cgroup", options, own, opts.flags, cgroup, sys)
     if opts.flags & sc.MS_RDONLY:
         sys.mount(None, target, None, sc.MS_REMOUNT | sc.MS_BIND | opts.flags, None)
+
+
+def _mount_hierarchy(
+    target: str,
+    source: str,
+    fstype: str,
+    options: str | None,
+    own: str | None,
+    flags: int,
+    cgroup: CgroupView,
+    sys: SyscallLayer,
+) -> None:
+    if cgroup.namespaced or own is None:
+        sys.mount(source, target, fstype, flags, options)
+        return
+    sys.mount(own, target, None, sc.MS_BIND, None)
+    sys.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags, None)
 
 
 def v1_hierarchies() -> list[tuple[str, str]]:

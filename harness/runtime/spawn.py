@@ -267,7 +267,7 @@ def _init_steps(
     if spec.domainname is not None:
         sys.setdomainname(spec.domainname)
     if req.console_sock is not None:
-        _make_console(req.console_sock)
+        _make_console(req.console_sock, sys)
     rootfs.enter_cwd(spec.process.cwd)
     send(w_sync, {"type": "created"})
     if fifo_fd is not None:
@@ -280,7 +280,7 @@ TIOCGPTN = 0x80045430
 TIOCSPTLCK = 0x40045431
 
 
-def _make_console(sock: int) -> None:
+def _make_console(sock: int, sys: SyscallLayer) -> None:
     """process.terminal: a pty from the container's own devpts becomes stdio and controlling tty.
 
     It must come from the container's devpts (opened after pivot_root), or
@@ -296,8 +296,12 @@ def _make_console(sock: int) -> None:
     fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
     number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0\0\0\0"))[0]
     os.setsid()
-    slave = os.open(f"/dev/pts/{number}", os.O_RDWR)
+    slave_path = f"/dev/pts/{number}"
+    slave = os.open(slave_path, os.O_RDWR)
     fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    # The OCI spec: with a terminal, /dev/console is the pty (runc's mountConsole).
+    os.close(os.open("/dev/console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+    sys.mount(slave_path, "/dev/console", None, sc.MS_BIND, None)
     for fd in (0, 1, 2):
         os.dup2(slave, fd)
     os.close(slave)
@@ -342,10 +346,14 @@ def _prepare_rootfs(req: SpawnRequest, sys: SyscallLayer) -> None:
     in_user_ns = spec.linux.namespace("user") is not None
     rootfs.set_root_propagation(spec, sys)
     rootfs.bind_rootfs(spec.root.path, sys)
-    version = req.cgroup.version if req.cgroup is not None else 2
+    cgroup = rootfs.CgroupView(
+        version=req.cgroup.version if req.cgroup is not None else 2,
+        paths=req.cgroup.paths() if req.cgroup is not None else {},
+        namespaced=spec.linux.namespace("cgroup") is not None,
+    )
     dev_is_tmpfs = False
     for mount in spec.mounts:
-        rootfs.mount_one(spec.root.path, mount, version, sys)
+        rootfs.mount_one(spec.root.path, mount, cgroup, sys)
         if mount.destination.rstrip("/") == "/dev" and mount.type == "tmpfs":
             dev_is_tmpfs = True
     if dev_is_tmpfs or spec.linux.devices:

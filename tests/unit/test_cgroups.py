@@ -147,16 +147,22 @@ def test_detect_version() -> None:
     assert detect_version(root, PURE_V2_MOUNTINFO.format(root=root)) == 2
 
 
-def test_hierarchies_ignore_named_and_unified_mounts() -> None:
+def test_hierarchies_include_named_ones_and_ignore_unified() -> None:
     root = Path("/sys/fs/cgroup")
     found = v1.hierarchies(root, HYBRID_MOUNTINFO.format(root=root))
-    assert sorted(found) == sorted(v1.CONTROLLER_NAMES)
+    assert sorted(found) == sorted([*v1.CONTROLLER_NAMES, "name=systemd"])
+    assert found["name=systemd"] == "/sys/fs/cgroup/systemd"
     assert found["cpu"] == "/sys/fs/cgroup/cpu" and found["cpuacct"] == "/sys/fs/cgroup/cpuacct"
 
 
 def test_hierarchies_co_mounted_and_escaped() -> None:
     found = v1.hierarchies(Path("/a b"), COMOUNTED_MOUNTINFO.format(root="/a\\040b"))
-    assert found == {"cpu": "/a b/cpu,cpuacct", "cpuacct": "/a b/cpu,cpuacct", "pids": "/a b/pids"}
+    assert found == {
+        "cpu": "/a b/cpu,cpuacct",
+        "cpuacct": "/a b/cpu,cpuacct",
+        "pids": "/a b/pids",
+        "name=systemd": "/a b/systemd",
+    }
 
 
 @pytest.mark.parametrize(
@@ -241,7 +247,8 @@ def test_v1_create_copies_cpuset_into_each_new_level(tmp_path: Path) -> None:
         assert read(f"{tmp_path}/cpuset/{level}", "cpuset.cpus") == "1"
         assert read(f"{tmp_path}/cpuset/{level}", "cpuset.mems") == "0"
     assert all(os.path.isdir(d) for d in m.paths().values())
-    assert not (tmp_path / "systemd" / "isobench").exists()
+    # The named systemd hierarchy is joined too (as runc does); the cgroup2 mount is not.
+    assert (tmp_path / "systemd" / "isobench" / "run" / "ctr").is_dir()
     assert not (tmp_path / "unified" / "isobench").exists()
 
 

@@ -51,14 +51,20 @@ V1_UNLIMITED_MIN = 1 << 62
 
 
 def hierarchies(root: Path, mountinfo: str) -> dict[str, str]:
-    """Controller -> mountpoint of each v1 hierarchy under root that we drive."""
+    """Controller (or "name=X" for a named hierarchy) -> mountpoint of each v1 hierarchy under root.
+
+    Named hierarchies (name=systemd) have no controller, but the container
+    joins them too, as runc does: otherwise its view of that hierarchy (through
+    the cgroup namespace or a bind mount) would be the host's root.
+    """
     prefix = str(root).rstrip("/") + "/"
     found: dict[str, str] = {}
     for mount in parse_mountinfo(mountinfo):
         if mount.fstype != "cgroup" or not mount.mountpoint.startswith(prefix):
             continue
         for option in mount.super_options:
-            if option in CONTROLLER_NAMES and option not in found:
+            known = option in CONTROLLER_NAMES or option.startswith("name=")
+            if known and option not in found:
                 found[option] = mount.mountpoint
     return found
 
