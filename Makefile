@@ -4,8 +4,10 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# Debian packages the project needs so far (runtime tests, reference runtimes, seccomp).
-APT_PACKAGES := busybox-static runc crun libseccomp2 iproute2 util-linux python3-venv
+# Debian packages: the runtime and its references (busybox-static runc crun libseccomp2),
+# the workload tools baked into the image (fio stress-ng sysbench iperf3), image interop
+# checks (skopeo umoci), and the basics (iproute2 util-linux kmod python3-venv).
+APT_PACKAGES := busybox-static runc crun libseccomp2 fio stress-ng sysbench iperf3 skopeo umoci iproute2 util-linux kmod python3-venv
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup system-packages bench test unit integration lint cleanup clean
@@ -36,7 +38,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 bench: setup
-	$(VENV)/bin/pytest bench/test_runtime_startup.py -p no:cacheprovider \
+	$(VENV)/bin/pytest bench/test_runtime_startup.py bench/test_image.py -p no:cacheprovider \
 	  --benchmark-columns=median,iqr,min,max,rounds --benchmark-sort=mean
 
 test: setup

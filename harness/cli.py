@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from harness.errors import IsobenchError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2 (like every other bad input)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: {message}; see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(2)
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="isobench", description="What isolation costs and whether it holds."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="isobench", description="What isolation costs and whether it holds.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
     clean = sub.add_parser(
-        "cleanup", help="remove cgroups, mounts and state dirs left by crashed runs"
+        "cleanup", help="remove what crashed runs left: containers, cgroups, mounts, dirs"
     )
     clean.add_argument(
-        "--root", default=None, help="runtime state directory to sweep (default: the runtime's)"
+        "--root", default=None, help="runtime state directory (default: the runtime's)"
     )
     clean.add_argument(
         "--dry-run", action="store_true", help="list what would be removed, remove nothing"
@@ -25,8 +33,57 @@ def _build_parser() -> argparse.ArgumentParser:
     clean.add_argument(
         "--all",
         action="store_true",
-        help="also kill running containers whose id lacks the isobench- prefix",
+        help="also running containers without the isobench- prefix, and kept ones",
     )
+
+    image = sub.add_parser("image", help="the workload image: build, inspect, snapshot, export")
+    image.add_argument(
+        "--home", type=Path, default=None, help="image store (default $ISOBENCH_HOME)"
+    )
+    verbs = image.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    build = verbs.add_parser("build", help="build the workload image from host files")
+    build.add_argument("--tag", default="isobench/workload:latest")
+    build.add_argument(
+        "--tools", default=None, help="comma-separated (default: fio,stress-ng,sysbench,iperf3)"
+    )
+    verbs.add_parser("ls", help="list images")
+    verbs.add_parser("inspect", help="manifest, config and layers as JSON").add_argument("ref")
+    verbs.add_parser("rm", help="untag an image; unreferenced blobs and layers go").add_argument(
+        "ref"
+    )
+    commit = verbs.add_parser("commit", help="a container's changes as a new image")
+    commit.add_argument("container_id")
+    commit.add_argument("tag")
+    verbs.add_parser("diff", help="what a container changed (A/C/D path)").add_argument(
+        "container_id"
+    )
+    export = verbs.add_parser("export", help="write a plain OCI image layout")
+    export.add_argument("ref")
+    export.add_argument("--layout", type=Path, required=True)
+    imp = verbs.add_parser(
+        "import", help="read an OCI image layout into the store, verifying every digest"
+    )
+    imp.add_argument("--layout", type=Path, required=True)
+    imp.add_argument("--tag", default=None)
+    bundle = verbs.add_parser("bundle", help="write an OCI runtime bundle (config.json + rootfs)")
+    bundle.add_argument("ref")
+    bundle.add_argument("dir", type=Path)
+    initramfs = verbs.add_parser("initramfs", help="gzip newc cpio of the image, for VMs")
+    initramfs.add_argument("ref")
+    initramfs.add_argument("out", type=Path)
+    initramfs.add_argument(
+        "--modules", type=Path, action="append", default=[], help="a .ko or a directory"
+    )
+    run = verbs.add_parser("run", help="run a command in a new container from the image")
+    run.add_argument(
+        "--keep", action="store_true", help="keep the container's changes (for commit/diff)"
+    )
+    run.add_argument("--memory", type=int, default=None, help="memory limit in bytes")
+    run.add_argument("ref")
+    run.add_argument("container_id")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="command (after --)")
+    verbs.add_parser("containers", help="list containers started from images")
+    verbs.add_parser("rm-container", help="remove a kept container").add_argument("container_id")
     return parser
 
 
@@ -40,10 +97,70 @@ def main(argv: list[str] | None = None) -> int:
             for line in cleanup(root=args.root, dry_run=args.dry_run, everything=args.all):
                 print(line)
             return 0
+        if args.command == "image":
+            return _image(args)
     except IsobenchError as exc:
         print(f"isobench: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
+
+
+def _image(args: argparse.Namespace) -> int:
+    from harness.image import commands
+    from harness.image.containers import ImageContainers
+    from harness.image.store import ImageStore
+
+    store = ImageStore(args.home)
+    verb = args.verb
+    if verb == "build":
+        from harness.image.build import DEFAULT_TOOLS, build_image
+
+        tools = args.tools.split(",") if args.tools else list(DEFAULT_TOOLS)
+        result = build_image(store, tag=args.tag, tools=tools)
+        for line in result.summary():
+            print(line)
+        print(result.digest)
+    elif verb == "ls":
+        print("\n".join(commands.list_images(store)))
+    elif verb == "inspect":
+        print(commands.inspect(store, args.ref))
+    elif verb == "rm":
+        store.remove(args.ref)
+    elif verb == "commit":
+        print(commands.commit(store, ImageContainers(store), args.container_id, args.tag))
+    elif verb == "diff":
+        print("\n".join(commands.diff(ImageContainers(store), args.container_id)))
+    elif verb == "export":
+        store.export(args.ref, args.layout)
+    elif verb == "import":
+        print(store.import_layout(args.layout, tag=args.tag))
+    elif verb == "bundle":
+        print(commands.write_bundle(store, args.ref, args.dir))
+    elif verb == "initramfs":
+        info = commands.initramfs(store, args.ref, args.out, args.modules)
+        print(f"{info.path}: {info.entries} entries, {info.size_bytes} bytes, sha256:{info.sha256}")
+    elif verb == "run":
+        cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        if not cmd:
+            raise _usage(
+                "image run: no command; accepted: isobench image run REF ID -- CMD [ARG...]"
+            )
+        containers = ImageContainers(store)
+        return containers.run(
+            args.ref, args.container_id, cmd, keep=args.keep, memory_limit=args.memory
+        )
+    elif verb == "containers":
+        for row in ImageContainers(store).list():
+            print(f"{row['id']!s:40s} {row['image']!s}")
+    elif verb == "rm-container":
+        ImageContainers(store).remove(args.container_id)
+    return 0
+
+
+def _usage(message: str) -> IsobenchError:
+    from harness.errors import UserError
+
+    return UserError(message)
 
 
 if __name__ == "__main__":

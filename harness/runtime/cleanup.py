@@ -57,10 +57,17 @@ def cleanup(
             if line:
                 yield line
     for path in sorted(_cgroup_dirs(CGROUP_PARENT) - referenced):
+        manager = new_manager(path)
+        busy = bool(manager.pids())
+        if busy and not everything:
+            # Processes but no state dir here: a container of another state root
+            # (another run, another user's --root). Not ours to kill.
+            yield f"kept cgroup {path}: it has processes and no container in {runtime.root} (--all removes it)"
+            continue
         if not dry_run:
-            manager = new_manager(path)
-            with contextlib.suppress(IsobenchError):
-                manager.kill_all(signal.SIGKILL)
+            if busy:
+                with contextlib.suppress(IsobenchError):
+                    manager.kill_all(signal.SIGKILL)
             manager.destroy()
         yield f"{'would remove' if dry_run else 'removed'} cgroup {path}"
     if not dry_run and os.path.isdir(runtime.root) and not os.listdir(runtime.root):
@@ -82,16 +89,14 @@ def _sweep_image_store(runtime: Runtime, dry_run: bool, everything: bool) -> Ite
         remove_stale(store, runtime, stale)
     for name in stale:
         yield f"{'would remove' if dry_run else 'removed'} image container {name} (overlay root and upper dir)"
-    staging = store.home / "tmp"
-    if staging.is_dir():
-        for entry in sorted(staging.iterdir()):
-            if not dry_run:
-                if entry.is_dir() and not entry.is_symlink():
-                    _unmount_below(entry)
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
-            yield f"{'would remove' if dry_run else 'removed'} staging entry {entry}"
+    for entry in store.stale_tmp():  # only entries whose creating process is gone
+        if not dry_run:
+            if entry.is_dir() and not entry.is_symlink():
+                _unmount_below(entry)
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        yield f"{'would remove' if dry_run else 'removed'} staging entry {entry}"
 
 
 def _unmount_below(path: Path) -> None:

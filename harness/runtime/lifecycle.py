@@ -65,12 +65,15 @@ class Runtime:
         start_now: bool = False,
         console_socket: str | None = None,
         console: Console | None = None,
+        rootfs_overlay: str | None = None,
     ) -> st.ContainerState:
         """OCI `create`: everything but the user process, which waits for `start` (unless start_now).
 
         With process.terminal the container gets a new pty: its master goes to
         `console_socket` (runc's protocol: SCM_RIGHTS over a unix socket), or,
         for a foreground run, into `console`, which relays it to this process's stdio.
+        rootfs_overlay (overlayfs mount data) mounts the root inside the container's
+        mount namespace instead of binding root.path (harness.image.containers uses it).
         """
         spec = bundle if isinstance(bundle, Spec) else load_bundle(bundle)
         state_dir = st.StateDir(self.root, container_id)
@@ -119,6 +122,7 @@ class Runtime:
                 fifo,
                 state_for_hooks,
                 theirs.fileno() if theirs else None,
+                rootfs_overlay,
             )
             spawned = spawn(request, self.sys)
             if ours is not None:
@@ -196,6 +200,7 @@ class Runtime:
         pid_file: str | None = None,
         on_created: Callable[[int], None] | None = None,
         keep: bool = False,
+        rootfs_overlay: str | None = None,
     ) -> int:
         """create + start + wait + delete; returns the exit status (128+N for signal N).
 
@@ -204,7 +209,12 @@ class Runtime:
         """
         console = Console()
         record = self.create(
-            bundle, container_id, pid_file=pid_file, start_now=True, console=console
+            bundle,
+            container_id,
+            pid_file=pid_file,
+            start_now=True,
+            console=console,
+            rootfs_overlay=rootfs_overlay,
         )
         try:
             if console.master >= 0:

@@ -63,9 +63,11 @@ class SpawnRequest:
     cgroup: CgroupManager | None
     fifo: str | None  # exec FIFO to wait on before the user process starts; None = start at once
     state_for_hooks: Callable[[int, str], dict[str, object]]
-    console_sock: int | None = (
-        None  # process.terminal: where the init sends the pty master it makes
-    )
+    # process.terminal: where the init sends the pty master it makes.
+    console_sock: int | None = None
+    # overlayfs mount data: the root is mounted as this overlay inside the container's
+    # own mount namespace (it vanishes with it; nothing on the host to unmount or leak).
+    rootfs_overlay: str | None = None
 
 
 @dataclass
@@ -345,7 +347,10 @@ def _prepare_rootfs(req: SpawnRequest, sys: SyscallLayer) -> None:
     spec = req.spec
     in_user_ns = spec.linux.namespace("user") is not None
     rootfs.set_root_propagation(spec, sys)
-    rootfs.bind_rootfs(spec.root.path, sys)
+    if req.rootfs_overlay is not None:
+        sys.mount("overlay", spec.root.path, "overlay", 0, req.rootfs_overlay)
+    else:
+        rootfs.bind_rootfs(spec.root.path, sys)
     cgroup = rootfs.CgroupView(
         version=req.cgroup.version if req.cgroup is not None else 2,
         paths=req.cgroup.paths() if req.cgroup is not None else {},
