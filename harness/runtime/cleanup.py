@@ -24,18 +24,20 @@ from harness.runtime.lifecycle import CGROUP_PARENT, Runtime
 HARNESS_PREFIX = "isobench-"  # ids the harness makes: isobench-<run id>-<n>
 
 
-def _cgroup_dirs(prefix: str) -> set[str]:
-    """cgroupsPaths that exist under `prefix` in any hierarchy (the union over v1 controllers)."""
+def _hierarchy_mounts() -> list[str]:
     with open("/proc/self/mountinfo") as f:
         mountinfo = f.read()
     if detect_version(CGROUP_ROOT, mountinfo) == 2:
-        mounts = [str(CGROUP_ROOT)]
-    else:
-        from harness.runtime.cgroups.v1 import hierarchies
+        return [str(CGROUP_ROOT)]
+    from harness.runtime.cgroups.v1 import hierarchies
 
-        mounts = sorted(set(hierarchies(CGROUP_ROOT, mountinfo).values()))
+    return sorted(set(hierarchies(CGROUP_ROOT, mountinfo).values()))
+
+
+def _cgroup_dirs(prefix: str) -> set[str]:
+    """cgroupsPaths that exist under `prefix` in any hierarchy (the union over v1 controllers)."""
     found: set[str] = set()
-    for mount in mounts:
+    for mount in _hierarchy_mounts():
         parent = Path(mount) / prefix.lstrip("/")
         if parent.is_dir():
             found.update(f"{prefix}/{child.name}" for child in parent.iterdir() if child.is_dir())
@@ -70,9 +72,15 @@ def cleanup(
                     manager.kill_all(signal.SIGKILL)
             manager.destroy()
         yield f"{'would remove' if dry_run else 'removed'} cgroup {path}"
-    if not dry_run and os.path.isdir(runtime.root) and not os.listdir(runtime.root):
-        with contextlib.suppress(OSError):
-            os.rmdir(runtime.root)
+    if not dry_run:
+        # The shared parent cgroup, once no container uses it (delete leaves it:
+        # removing it there would race with a concurrent create).
+        for mount in _hierarchy_mounts():
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(mount, CGROUP_PARENT.lstrip("/")))
+        if os.path.isdir(runtime.root) and not os.listdir(runtime.root):
+            with contextlib.suppress(OSError):
+                os.rmdir(runtime.root)
     yield from _sweep_image_store(runtime, dry_run, everything)
 
 
