@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
-import hashlib
-import io
 import os
 import stat
 import tarfile
@@ -21,9 +19,9 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
 
 from harness.errors import OSFailure, UserError
+from harness.image.digest import HashingWriter
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -121,12 +119,13 @@ def upper_to_layer(upper: Path, out_path: Path) -> LayerInfo:
     try:
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as raw:
-            blob = _Hashing(raw)
+            blob = HashingWriter(raw)
             with gzip.GzipFile(
                 filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=blob, mtime=0
             ) as gz:
-                tar_stream = _Hashing(gz)
-                with tarfile.open(fileobj=tar_stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                tar_stream = HashingWriter(gz)
+                # Stream mode ("w|") only writes; the stubs ask for a full file object.
+                with tarfile.open(fileobj=tar_stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
                     changes = _write_entries(tar, str(upper))
             raw.flush()
             os.fsync(raw.fileno())
@@ -137,46 +136,7 @@ def upper_to_layer(upper: Path, out_path: Path) -> LayerInfo:
         if isinstance(e, OSError):
             raise OSFailure("write layer from", e.filename or str(upper), e.errno or 0) from e
         raise
-    return LayerInfo(
-        diff_id="sha256:" + tar_stream.sha256.hexdigest(),
-        digest="sha256:" + blob.sha256.hexdigest(),
-        size=blob.size,
-        changes=changes,
-    )
-
-
-class _Sink(Protocol):
-    def write(self, data: bytes, /) -> int: ...
-
-
-class _Hashing:
-    """A write-only stream that hashes and counts what passes through it (tarfile's "w|" mode)."""
-
-    def __init__(self, sink: _Sink | BinaryIO) -> None:
-        self.sink = sink
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha256.update(data)
-        self.size += len(data)
-        self.sink.write(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    def read(self, size: int = -1, /) -> bytes:
-        raise io.UnsupportedOperation("write-only stream")
-
-    def seek(self, pos: int, /) -> int:
-        raise io.UnsupportedOperation("write-only stream")
-
-    def flush(self) -> None:
-        """Nothing is buffered here (gzip flushes its file object)."""
-
-    def close(self) -> None:
-        """The sink is closed by its owner."""
+    return LayerInfo(diff_id=tar_stream.digest, digest=blob.digest, size=blob.size, changes=changes)
 
 
 def _write_entries(tar: tarfile.TarFile, root: str) -> int:

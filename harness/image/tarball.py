@@ -30,7 +30,6 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
 # Level 6 (zlib's default) is within a few per cent of 9 on these binaries at half the time.
 GZIP_LEVEL = 6
-OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 
 Kind = Literal["file", "dir", "symlink", "hardlink", "fifo", "char", "block"]
 _TAR_TYPES: dict[str, bytes] = {
@@ -133,46 +132,8 @@ class LayerBlob:
     entries: int | None = None
 
 
-def entries_from_tree(root: Path) -> list[Entry]:
-    """Every file under root as entries (root itself excluded), overlayfs whiteouts made OCI ones.
-
-    A file reached under several names (hard links) is stored once; the later
-    names (in archive order) become hardlink entries to the first.
-    """
-    found: list[tuple[str, Path, os.stat_result]] = []
-    stack = [Path(root)]
-    while stack:
-        directory = stack.pop()
-        with os.scandir(directory) as it:
-            for dirent in it:
-                host = Path(dirent.path)
-                st = os.lstat(host)
-                found.append((host.relative_to(root).as_posix(), host, st))
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(host)
-    found.sort(key=lambda item: _sort_key(item[0]))
-    entries: list[Entry] = []
-    first_name: dict[tuple[int, int], str] = {}
-    for rel, host, st in found:
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-            entries.append(Entry.whiteout(rel))  # overlayfs: a 0:0 char device marks a deletion
-            continue
-        entry = Entry.from_host(rel, host, st)
-        if entry.kind == "dir" and _is_opaque(host):
-            entries.extend([entry, Entry.opaque(rel)])
-            continue
-        if entry.kind != "dir" and st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            if key in first_name:
-                entry = replace(entry, kind="hardlink", source=None, target=first_name[key])
-            else:
-                first_name[key] = entry.path
-        entries.append(entry)
-    return entries
-
-
 def write_layer(
-    entries: Path | Sequence[Entry | tuple[str, Path]],
+    entries: Sequence[Entry | tuple[str, Path]],
     out_path: Path,
     *,
     mtime: int | None = None,
@@ -180,15 +141,12 @@ def write_layer(
 ) -> LayerBlob:
     """Write a reproducible .tar.gz layer; returns its diff_id, blob digest and sizes.
 
-    `entries` is a directory (walked with entries_from_tree), or a list of
-    Entry and (archive path, host path) pairs. By default every entry gets uid
-    and gid 0 and the mtime `mtime` (default: default_mtime()); preserve=True
-    keeps each entry's own uid, gid and mtime (snapshots of a container).
+    `entries` are Entry and (archive path, host path) pairs. By default every
+    entry gets uid and gid 0 and the mtime `mtime` (default: default_mtime());
+    preserve=True keeps each entry's own uid, gid and mtime. A container's upper
+    dir becomes a layer through snapshot.upper_to_layer, not here.
     """
-    if isinstance(entries, Path):
-        members = entries_from_tree(entries)
-    else:
-        members = [e if isinstance(e, Entry) else Entry.from_host(e[0], e[1]) for e in entries]
+    members = [e if isinstance(e, Entry) else Entry.from_host(e[0], e[1]) for e in entries]
     members = _sorted_unique(members)
     fixed_mtime = default_mtime() if mtime is None else mtime
     with open(out_path, "wb") as out:
@@ -261,13 +219,3 @@ def _sorted_unique(members: list[Entry]) -> list[Entry]:
             raise ValueError(f"two different entries for {entry.path!r} in one layer")
         by_path[entry.path] = entry
     return [by_path[p] for p in sorted(by_path, key=_sort_key)]
-
-
-def _is_opaque(directory: Path) -> bool:
-    for name in OPAQUE_XATTRS:
-        try:
-            if os.getxattr(directory, name, follow_symlinks=False) == b"y":
-                return True
-        except OSError:
-            continue  # not set, or not readable without root: not opaque as far as we can tell
-    return False

@@ -23,6 +23,7 @@ import pytest
 from harness.errors import UserError
 from harness.image.build import DEFAULT_TAG, DEFAULT_TOOLS, BuildResult, build_image
 from harness.image.layers import unpack
+from harness.image.snapshot import upper_to_layer
 from harness.image.store import ImageStore
 from harness.image.tarball import Entry, write_layer
 
@@ -162,11 +163,11 @@ def test_an_overlay_upper_dir_becomes_an_oci_layer_and_back(tmp_path: Path) -> N
         shutil.rmtree(merged / "d")
         (merged / "d").mkdir()  # recreated: overlayfs marks it opaque
         (merged / "d" / "z").write_bytes(b"z")
-    layer = write_layer(tmp_path / "rw" / "upper", tmp_path / "snap.tar.gz", preserve=True)
-    with tarfile.open(layer.path) as tar:
+    layer = upper_to_layer(tmp_path / "rw" / "upper", tmp_path / "snap.tar.gz")
+    with tarfile.open(tmp_path / "snap.tar.gz") as tar:
         names = tar.getnames()
     assert ".wh.a" in names and "d/.wh..wh..opq" in names and "d/z" in names
-    snap = store.commit_layer(digest, layer.path, layer.diff_id, "t/snap:1")
+    snap = store.commit_layer(digest, tmp_path / "snap.tar.gz", layer.diff_id, "t/snap:1")
     with overlay(store.layer_dirs(snap.digest), tmp_path / "view") as view:
         assert sorted(os.listdir(view)) == ["d", "e"] and os.listdir(view / "d") == ["z"]
     # The base does not see the change (one layer: overlayfs needs two lowers for a read-only mount).

@@ -350,10 +350,15 @@ def test_write_layer_is_reproducible(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (src / "d").mkdir(parents=True)
     (src / "d" / "f").write_bytes(b"data")
     os.symlink("d/f", src / "l")
-    os.link(src / "d" / "f", src / "h")
-    first = write_layer(src, tmp_path / "1.tar.gz")
+    entries = [
+        ("l", src / "l"),
+        ("d/f", src / "d" / "f"),
+        ("d", src / "d"),
+        Entry("h", "hardlink", target="d/f"),
+    ]
+    first = write_layer(entries, tmp_path / "1.tar.gz")
     os.utime(src / "d" / "f", (123, 123))  # mtimes on disk do not matter
-    second = write_layer(src, tmp_path / "2.tar.gz")
+    second = write_layer(list(reversed(entries)), tmp_path / "2.tar.gz")  # nor the order given
     assert (first.diff_id, first.digest, first.size) == (second.diff_id, second.digest, second.size)
     assert (tmp_path / "1.tar.gz").read_bytes() == (tmp_path / "2.tar.gz").read_bytes()
     assert first.digest == sha256_bytes((tmp_path / "1.tar.gz").read_bytes())
@@ -366,7 +371,7 @@ def test_write_layer_is_reproducible(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert members[2].islnk() and members[2].linkname == "d/f"
     assert first.diff_id == sha256_bytes(gzip.decompress((tmp_path / "1.tar.gz").read_bytes()))
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    assert write_layer(src, tmp_path / "3.tar.gz").digest != first.digest
+    assert write_layer(entries, tmp_path / "3.tar.gz").digest != first.digest
 
 
 def test_whiteout_entries(tmp_path: Path) -> None:
