@@ -151,12 +151,19 @@ class ImageContainers:
         return target
 
     def run(
-        self, ref: str, container_id: str, args: Sequence[str], *, keep: bool = False, **kw: object
+        self,
+        ref: str,
+        container_id: str,
+        args: Sequence[str],
+        *,
+        keep: bool = False,
+        stdio: tuple[int, int, int] | None = None,
+        **kw: object,
     ) -> int:
         """Run a command in a new container from the image; remove it afterwards unless keep."""
         spec, rootfs_overlay = self.prepare(ref, container_id, args, keep=keep, **kw)  # type: ignore[arg-type]
         try:
-            return self.runtime.run(spec, container_id, rootfs_overlay=rootfs_overlay)
+            return self.runtime.run(spec, container_id, rootfs_overlay=rootfs_overlay, stdio=stdio)
         finally:
             if not keep:
                 self._remove_dir(self.get(container_id))

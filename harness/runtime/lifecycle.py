@@ -66,6 +66,7 @@ class Runtime:
         console_socket: str | None = None,
         console: Console | None = None,
         rootfs_overlay: str | None = None,
+        stdio: tuple[int, int, int] | None = None,
     ) -> st.ContainerState:
         """OCI `create`: everything but the user process, which waits for `start` (unless start_now).
 
@@ -74,6 +75,7 @@ class Runtime:
         for a foreground run, into `console`, which relays it to this process's stdio.
         rootfs_overlay (overlayfs mount data) mounts the root inside the container's
         mount namespace instead of binding root.path (harness.image.containers uses it).
+        stdio: fds that become the container's 0, 1, 2 (platforms capture tool output).
         """
         spec = bundle if isinstance(bundle, Spec) else load_bundle(bundle)
         state_dir = st.StateDir(self.root, container_id)
@@ -123,6 +125,7 @@ class Runtime:
                 state_for_hooks,
                 theirs.fileno() if theirs else None,
                 rootfs_overlay,
+                stdio,
             )
             spawned = spawn(request, self.sys)
             if ours is not None:
@@ -201,6 +204,7 @@ class Runtime:
         on_created: Callable[[int], None] | None = None,
         keep: bool = False,
         rootfs_overlay: str | None = None,
+        stdio: tuple[int, int, int] | None = None,
     ) -> int:
         """create + start + wait + delete; returns the exit status (128+N for signal N).
 
@@ -215,6 +219,7 @@ class Runtime:
             start_now=True,
             console=console,
             rootfs_overlay=rootfs_overlay,
+            stdio=stdio,
         )
         try:
             if console.master >= 0:

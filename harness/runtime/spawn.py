@@ -68,6 +68,8 @@ class SpawnRequest:
     # overlayfs mount data: the root is mounted as this overlay inside the container's
     # own mount namespace (it vanishes with it; nothing on the host to unmount or leak).
     rootfs_overlay: str | None = None
+    # fds to become the container's stdin, stdout and stderr (None: the runtime's own).
+    stdio: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -247,6 +249,10 @@ def _init_steps(
     # (runc CVE-2019-5736; runc init does the same).
     sys.prctl(sc.PR_SET_DUMPABLE, 0)
     pid1.rename_process(pid1.INIT_NAME, sys)
+    if req.stdio is not None:
+        for target, fd in enumerate(req.stdio):
+            if fd != target:
+                os.dup2(fd, target)
     if req.cgroup is not None:
         req.cgroup.apply(0)
     go = _Reader(r_go)

@@ -1,1 +1,1 @@
-"""workloads"""
+"""Benchmarks: command lines per benchmark and pure parsers of tool output."""
