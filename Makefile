@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 APT_PACKAGES := busybox-static runc crun libseccomp2 fio stress-ng sysbench iperf3 skopeo umoci iproute2 util-linux kmod python3-venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-packages bench test unit integration lint cleanup clean
+.PHONY: setup system-packages bench bench-runtime test unit integration lint cleanup clean
 
 setup: system-packages $(STAMP)
 	@# Bytecode up front: with PYTHONDONTWRITEBYTECODE set, every isobench-runtime
@@ -37,7 +37,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
+# The main job: the suite in randomised blocks on every platform this host runs,
+# then the report. PROFILE=smoke|quick|full (quick: about 10 minutes here).
+PROFILE ?= quick
 bench: setup
+	@path=$$($(VENV)/bin/isobench run --profile $(PROFILE) --results results | tail -n 1) && \
+	  test -n "$$path" && $(VENV)/bin/isobench report "$$path"
+
+# Microbenchmarks of isobench itself: container launch against runc and crun,
+# overlay roots, image rebuilds (pytest-benchmark).
+bench-runtime: setup
 	$(VENV)/bin/pytest bench/test_runtime_startup.py bench/test_image.py -p no:cacheprovider \
 	  --benchmark-columns=median,iqr,min,max,rounds --benchmark-sort=mean
 

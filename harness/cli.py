@@ -36,6 +36,22 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also running containers without the isobench- prefix, and kept ones",
     )
 
+    run = sub.add_parser("run", help="run the benchmark suite in randomised blocks; writes a results file")
+    run.add_argument("--profile", choices=("smoke", "quick", "full"), default="quick")
+    run.add_argument("--platform", default=None, help="comma-separated (default: every platform this host runs)")
+    run.add_argument("--bench", default=None, help="comma-separated benchmarks or categories (default: all)")
+    run.add_argument("--blocks", type=int, default=None, help="blocks (default: the profile's)")
+    run.add_argument("--seed", type=int, default=None, help="platform-order seed (default: random, recorded)")
+    run.add_argument("--results", type=Path, default=Path("results"), help="results directory")
+    run.add_argument("--resume", type=Path, default=None, help="continue a killed run's results file")
+    run.add_argument("--image", default="isobench/workload:latest", help="image reference (built if missing)")
+
+    report = sub.add_parser("report", help="HTML page, Markdown summary and CSV from results files")
+    report.add_argument("results", nargs="+", type=Path)
+    report.add_argument("--out", type=Path, default=None, help="output directory (default: reports/<run>)")
+
+    sub.add_parser("doctor", help="what this host can run, and why not")
+
     image = sub.add_parser("image", help="the workload image: build, inspect, snapshot, export")
     image.add_argument(
         "--home", type=Path, default=None, help="image store (default $ISOBENCH_HOME)"
@@ -99,6 +115,36 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "image":
             return _image(args)
+        if args.command == "run":
+            from harness.runner import run_suite
+
+            path = run_suite(
+                profile=args.profile,
+                platforms=args.platform.split(",") if args.platform else None,
+                benchmarks=args.bench.split(",") if args.bench else None,
+                blocks=args.blocks,
+                seed=args.seed,
+                results_dir=args.results,
+                resume=args.resume,
+                image_ref=args.image,
+            )
+            print(path)
+            return 0
+        if args.command == "report":
+            from harness.report import build_report, load_results, summary_lines
+
+            results = load_results(args.results)
+            out = args.out or Path("reports") / args.results[0].stem
+            paths = build_report(results, out)
+            for line in summary_lines(results):
+                print(line)
+            print(paths.html)
+            return 0
+        if args.command == "doctor":
+            from harness.doctor import doctor_lines
+
+            print("\n".join(doctor_lines()))
+            return 0
     except IsobenchError as exc:
         print(f"isobench: {exc}", file=sys.stderr)
         return exc.exit_code
