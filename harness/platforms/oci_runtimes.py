@@ -5,11 +5,19 @@ because a cgroup2 mount sits at /sys/fs/cgroup/unified. On such hosts crun is
 run from a helper process in a private mount namespace where that one mount is
 detached, so crun sees plain cgroup v1, like runc and isobench do. The host's
 mounts are untouched, and the fact is recorded in `describe()`.
+
+Two ways to run a container: `run()` times a launch-to-exit and raises when it
+fails (the startup benchmarks), `execute()` runs a workload with its output in
+files and a timeout, and reports whatever happened (the oci platform).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
+import resource
 import shutil
 import struct
 import subprocess
@@ -20,10 +28,24 @@ from harness.runtime import syscalls as sc
 
 UNIFIED = "/sys/fs/cgroup/unified"
 HYBRID_REFUSAL = "hybrid mode not supported"
+TIMED_OUT = 124  # the exit code timeout(1) gives, used for a run stopped at its timeout
+CLEANUP_TIMEOUT_S = 30.0
 
 
 def _is_hybrid() -> bool:
     return os.path.ismount(UNIFIED)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One container run through the CLI: its exit status, wall time and the CPU of what ran it."""
+
+    exit_code: int  # the container process's status (the runtime's own, should it fail first)
+    wall_s: float
+    timed_out: bool
+    stderr: str  # the runtime's stderr when it was not sent to a file
+    cpu_user_s: float  # reaped children of whichever process ran the CLI: runtime + container
+    cpu_system_s: float
 
 
 @dataclass
@@ -38,17 +60,22 @@ class ReferenceRuntime:
     def __post_init__(self) -> None:
         self.binary = self.binary or shutil.which(self.name)
 
+    @property
+    def hides_cgroup2(self) -> bool:
+        """Whether containers run from the private mount namespace without the cgroup2 mount."""
+        return self._helper is not None
+
     def available(self, bundle: str) -> tuple[bool, str]:
         """Whether this runtime runs `bundle` here; the reason when it does not."""
         if self.binary is None:
             return False, f"{self.name} not installed (Debian package {self.name})"
         try:
             code, err = self._run_once(bundle, f"isobench-probe-{os.getpid()}")
-        except OSError as exc:
+            if code != 0 and self.name == "crun" and HYBRID_REFUSAL in err and _is_hybrid():
+                self._helper = _PrivateNsHelper()
+                code, err = self._run_once(bundle, f"isobench-probe-{os.getpid()}-ns")
+        except (OSError, RuntimeError) as exc:
             return False, f"{self.name}: {exc}"
-        if code != 0 and self.name == "crun" and HYBRID_REFUSAL in err and _is_hybrid():
-            self._helper = _PrivateNsHelper()
-            code, err = self._run_once(bundle, f"isobench-probe-{os.getpid()}-ns")
         if code != 0:
             return (
                 False,
@@ -57,6 +84,7 @@ class ReferenceRuntime:
         return True, ""
 
     def argv(self, bundle: str, container_id: str) -> list[str]:
+        """The command line that runs one container from bundle in the foreground."""
         assert self.binary is not None
         return [self.binary, "--root", self.root, "run", "--bundle", bundle, container_id]
 
@@ -73,6 +101,40 @@ class ReferenceRuntime:
             )
         return elapsed
 
+    def execute(
+        self,
+        bundle: str,
+        container_id: str,
+        *,
+        stdout: str | None = None,
+        stderr: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Execution:
+        """Run one container to completion, stdout/stderr into those files; never raises for its status.
+
+        At the timeout the container is force-deleted (`delete --force` kills it
+        and removes its cgroup and state), so nothing outlives the call.
+        """
+        assert self.binary is not None
+        request = _Request(
+            argv=self.argv(bundle, container_id),
+            cleanup=[self.binary, "--root", self.root, "delete", "--force", container_id],
+            stdout=stdout,
+            stderr=stderr,
+            timeout_s=timeout_s,
+        )
+        return self._helper.execute(request) if self._helper is not None else _execute(request)
+
+    def force_delete(self, container_id: str) -> None:
+        """`delete --force`: kill the container if it still runs and remove its state and cgroup."""
+        assert self.binary is not None
+        argv = [self.binary, "--root", self.root, "delete", "--force", container_id]
+        request = _Request(argv=argv, cleanup=argv, timeout_s=CLEANUP_TIMEOUT_S)
+        if self._helper is not None:
+            self._helper.execute(request)
+        else:
+            _execute(request)
+
     def _run_once(self, bundle: str, container_id: str) -> tuple[int, str]:
         if self._helper is not None:
             try:
@@ -83,17 +145,23 @@ class ReferenceRuntime:
         proc = subprocess.run(self.argv(bundle, container_id), capture_output=True, check=False)
         return proc.returncode, proc.stderr.decode(errors="replace")
 
+    def version(self) -> str:
+        """The first line of `<runtime> --version`, or "" when it cannot be run."""
+        if not self.binary:
+            return ""
+        try:
+            out = subprocess.run(
+                [self.binary, "--version"], capture_output=True, text=True, check=False, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.splitlines()[0] if out.stdout else ""
+
     def describe(self) -> dict[str, object]:
         """Recorded with results: version and how it was run."""
-        version = ""
-        if self.binary:
-            out = subprocess.run(
-                [self.binary, "--version"], capture_output=True, text=True, check=False
-            )
-            version = out.stdout.splitlines()[0] if out.stdout else ""
         return {
             "name": self.name,
-            "version": version,
+            "version": self.version(),
             "private_mount_ns_without_cgroup2": self._helper is not None,
         }
 
@@ -104,11 +172,63 @@ class ReferenceRuntime:
             self._helper = None
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What `_execute` runs; plain data, so it crosses to the helper process as JSON."""
+
+    argv: list[str]
+    cleanup: list[str]  # run at the timeout, before the CLI is waited for again
+    stdout: str | None = None  # a file path; None: discarded
+    stderr: str | None = None  # a file path; None: returned in Execution.stderr
+    timeout_s: float | None = None
+
+
+def _execute(request: _Request) -> Execution:
+    """Run request.argv with output to files and a timeout; in this process or in the helper."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    timed_out = False
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(request.stdout, "wb")) if request.stdout else None
+        err = stack.enter_context(open(request.stderr, "wb")) if request.stderr else None
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            request.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out or subprocess.DEVNULL,
+            stderr=err or subprocess.PIPE,
+        )
+        try:
+            _, err_bytes = proc.communicate(timeout=request.timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            # Killing the CLI would leave its container running: delete it through the runtime.
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                subprocess.run(
+                    request.cleanup, capture_output=True, check=False, timeout=CLEANUP_TIMEOUT_S
+                )
+            try:
+                _, err_bytes = proc.communicate(timeout=CLEANUP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err_bytes = proc.communicate()
+        wall_s = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    code = proc.returncode
+    return Execution(
+        exit_code=TIMED_OUT if timed_out else (128 - code if code < 0 else code),
+        wall_s=wall_s,
+        timed_out=timed_out,
+        stderr=(err_bytes or b"").decode(errors="replace"),
+        cpu_user_s=after.ru_utime - before.ru_utime,
+        cpu_system_s=after.ru_stime - before.ru_stime,
+    )
+
+
 class _PrivateNsHelper:
     """A forked child in its own mount namespace, cgroup2 mount detached, running commands on request.
 
-    The parent sends a NUL-separated argv; the child runs it and answers with
-    the elapsed seconds (a float, negative on failure) and stderr.
+    The parent sends a `_Request` as JSON; the child runs it with `_execute`
+    and answers with the `Execution` as JSON (or {"error": ...}).
     """
 
     def __init__(self) -> None:
@@ -136,22 +256,29 @@ class _PrivateNsHelper:
             request = _read_frame(self._to_child_r)
             if request is None:
                 return
-            argv = [a.decode() for a in request.split(b"\0")]
-            start = time.perf_counter()
-            proc = subprocess.run(argv, capture_output=True, check=False)
-            elapsed = time.perf_counter() - start
-            value = elapsed if proc.returncode == 0 else -1.0
-            _write_frame(self._from_child_w, struct.pack("d", value) + proc.stderr)
+            try:
+                reply = dataclasses.asdict(_execute(_Request(**json.loads(request))))
+            except (OSError, ValueError, TypeError) as exc:  # answer: the parent is waiting
+                reply = {"error": str(exc)}
+            _write_frame(self._from_child_w, json.dumps(reply).encode())
+
+    def execute(self, request: _Request) -> Execution:
+        """Run one `_execute` request in the private namespace."""
+        _write_frame(self._to_child_w, json.dumps(dataclasses.asdict(request)).encode())
+        frame = _read_frame(self._from_child_r)
+        if frame is None:
+            raise RuntimeError("private-namespace helper exited")
+        reply = json.loads(frame)
+        if "error" in reply:
+            raise RuntimeError(f"private-namespace helper: {reply['error']}")
+        return Execution(**reply)
 
     def timed(self, argv: list[str]) -> float:
-        _write_frame(self._to_child_w, b"\0".join(a.encode() for a in argv))
-        reply = _read_frame(self._from_child_r)
-        if reply is None:
-            raise RuntimeError("private-namespace helper exited")
-        (value,) = struct.unpack("d", reply[:8])
-        if value < 0:
-            raise RuntimeError(reply[8:].decode(errors="replace"))
-        return float(value)
+        """Seconds from launch to exit of argv; raises with its stderr if it fails."""
+        result = self.execute(_Request(argv=argv, cleanup=[]))
+        if result.exit_code != 0:
+            raise RuntimeError(result.stderr)
+        return result.wall_s
 
     def close(self) -> None:
         os.close(self._to_child_w)

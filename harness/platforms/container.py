@@ -1,0 +1,266 @@
+"""The container platform: isobench's own runtime, in-process, one fresh container per workload run.
+
+Each run is a new container from the image (harness.image.containers): an
+overlay root over the image's layers with its own empty upper dir, mounted
+inside the container's mount namespace; all six namespaces (pid, network, ipc,
+uts, mount, cgroup); a cgroup `/isobench-runtime/<container id>` carrying the
+limits. Ids are `isobench-<run id>-<n>`. The container's startup is not in the
+workload's metrics (the tool measures itself); `launch_latency` times it.
+
+Network: the container's own network namespace with loopback only. The veth
+pair from the host that the network benchmarks want (issue 4) is not made yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import resource
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.errors import ContainerError, IsobenchError, StateError
+from harness.image.containers import ImageContainers
+from harness.image.store import ImageStore
+from harness.platforms.bare import (
+    TIMED_OUT,
+    checked_digest,
+    cpuset_for,
+    limits_record,
+    read_text,
+    reset_dir,
+    timeout_note,
+)
+from harness.platforms.base import Limits, Outcome, RunContext
+from harness.runtime.bundle import busybox_bundle
+from harness.runtime.lifecycle import CGROUP_PARENT, Runtime
+from harness.runtime.spec import CpuResources, Resources, Spec
+from harness.workloads.base import Workload
+
+SCRATCH = "/scratch"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Launch:
+    exit_code: int
+    wall_s: float
+    timed_out: bool
+
+
+class ContainerPlatform:
+    """The in-house runtime through harness.image.containers (see the module docstring)."""
+
+    def __init__(self, store: ImageStore | None = None, runtime: Runtime | None = None) -> None:
+        self.name = "container"
+        self._store = store
+        self._runtime = runtime or Runtime()
+        self._containers: ImageContainers | None = None
+        self._ctx: RunContext | None = None
+        self._dir: Path | None = None
+        self._spec: Spec | None = None  # a /bin/true spec, for describe()
+        self._count = 0
+        self.scratch: Path | None = None  # the host side of /scratch
+
+    def available(self) -> tuple[bool, str]:
+        """Root, and a probe: one busybox container run by the runtime in a throwaway state root."""
+        if os.geteuid() != 0:
+            return False, "needs root (namespaces, cgroups and overlay mounts)"
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"isobench-probe-{os.getpid()}-") as tmp:
+                bundle = busybox_bundle(Path(tmp) / "bundle", ["/bin/true"])
+                probe = Runtime(root=os.path.join(tmp, "state"))
+                code = probe.run(str(bundle), f"isobench-probe-{os.getpid()}-container")
+        except (IsobenchError, OSError) as exc:
+            return False, f"the in-house runtime cannot run a container here: {exc}"
+        if code != 0:
+            return False, f"a probe container running /bin/true exited with status {code}"
+        return True, ""
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Resolve the image (unpacking its layers once) and make the run's directory."""
+        store = self._store or ImageStore()
+        checked_digest(store, ctx)
+        self._ctx = ctx
+        self._containers = ImageContainers(store, self._runtime)
+        self._dir = ctx.workdir / f"container-{ctx.run_id}"
+        self.scratch = self._dir / "scratch"
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        # The spec the runs get, made once here: describe() reports it, and the
+        # layers are unpacked before anything is timed.
+        probe = f"isobench-{ctx.run_id}-0"
+        self._spec = self._container_spec(probe, ["/bin/true"], (), volume=False)[0]
+        self._containers.remove(probe)
+
+    def _container_spec(
+        self,
+        container_id: str,
+        argv: Sequence[str],
+        env: Sequence[tuple[str, str]],
+        volume: bool,
+    ) -> tuple[Spec, str]:
+        """The container's dirs and its spec: the image's, with this run's env, mounts and limits."""
+        assert self._containers is not None and self._ctx is not None
+        mounts: list[dict[str, object]] = []
+        if volume:
+            source = str(self.scratch)
+            mounts.append(
+                {
+                    "destination": SCRATCH,
+                    "type": "bind",
+                    "source": source,
+                    "options": ["rbind", "rw"],
+                }
+            )
+        spec, rootfs = self._containers.prepare(
+            self._ctx.image_ref,
+            container_id,
+            argv,
+            memory_limit=self._ctx.limits.memory_bytes,
+            extra_mounts=mounts,
+        )
+        # ImageContainers knows memory limits only: env and cpuset go onto its spec here.
+        process = dataclasses.replace(
+            spec.process, env=spec.process.env + tuple(f"{k}={v}" for k, v in env)
+        )
+        cpus = cpuset_for(self._ctx.limits)
+        linux = spec.linux
+        if cpus is not None:
+            resources = spec.linux.resources or Resources()
+            resources = dataclasses.replace(resources, cpu=CpuResources(cpus=cpus))
+            linux = dataclasses.replace(linux, resources=resources)
+        return dataclasses.replace(spec, process=process, linux=linux), rootfs
+
+    def _launch(
+        self,
+        argv: Sequence[str],
+        env: Sequence[tuple[str, str]],
+        volume: bool,
+        stdio: tuple[int, int, int],
+        timeout_s: float | None,
+    ) -> _Launch:
+        """One new container from its dirs to their removal; killed at the timeout."""
+        assert self._containers is not None and self._ctx is not None
+        self._count += 1
+        container_id = f"isobench-{self._ctx.run_id}-{self._count}"
+        killed = threading.Event()
+
+        def kill() -> None:
+            with contextlib.suppress(IsobenchError, OSError):
+                self._runtime.kill(container_id, signal.SIGKILL, all_processes=True)
+                killed.set()
+
+        timer = threading.Timer(timeout_s, kill) if timeout_s else None
+        start = time.perf_counter()
+        try:
+            spec, rootfs = self._container_spec(container_id, argv, env, volume)
+            if timer is not None:
+                timer.start()
+            code = self._runtime.run(spec, container_id, rootfs_overlay=rootfs, stdio=stdio)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with contextlib.suppress(IsobenchError):
+                self._containers.remove(container_id)
+        return _Launch(code, time.perf_counter() - start, killed.is_set())
+
+    def run(self, workload: Workload) -> Outcome:
+        """A new container running the workload's argv, stdout/stderr captured through files."""
+        if self._dir is None or self.scratch is None:
+            raise StateError("container platform: prepare() has not run")
+        reset_dir(self.scratch)
+        out_path, err_path = self._dir / "stdout", self._dir / "stderr"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with (
+            open(os.devnull, "rb") as stdin,
+            open(out_path, "wb") as out,
+            open(err_path, "wb") as err,
+        ):
+            launch = self._launch(
+                workload.argv,
+                workload.env,
+                workload.scratch == "volume",
+                (stdin.fileno(), out.fileno(), err.fileno()),
+                workload.timeout_s,
+            )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        stderr = read_text(err_path)
+        if launch.timed_out:
+            stderr += timeout_note(workload.timeout_s)
+        return Outcome(
+            exit_code=TIMED_OUT if launch.timed_out else launch.exit_code,
+            stdout=read_text(out_path),
+            stderr=stderr,
+            wall_s=launch.wall_s,
+            resources={
+                "cpu_user_s": after.ru_utime - before.ru_utime,
+                "cpu_system_s": after.ru_stime - before.ru_stime,
+            },
+        )
+
+    def launch_latency(self) -> float:
+        """A new container running /bin/true: upper dir, namespaces, cgroup, run, delete, remove."""
+        with open(os.devnull, "r+b") as null:
+            fd = null.fileno()
+            launch = self._launch(["/bin/true"], (), False, (fd, fd, fd), None)
+        if launch.exit_code != 0:
+            raise ContainerError(f"container: /bin/true exited with status {launch.exit_code}")
+        return launch.wall_s
+
+    def teardown(self) -> None:
+        """Remove the run's containers (a crash can leave one) and the run's directory."""
+        if self._containers is not None and self._ctx is not None:
+            prefix = f"isobench-{self._ctx.run_id}-"
+            records: list[dict[str, object]] = []
+            with contextlib.suppress(IsobenchError, OSError):
+                records = self._runtime.list()
+            for record in records:
+                if str(record["id"]).startswith(prefix):
+                    with contextlib.suppress(IsobenchError):
+                        self._runtime.delete(str(record["id"]), force=True)
+            root = self._containers.root
+            if root.is_dir():
+                for entry in root.iterdir():
+                    if entry.name.startswith(prefix):
+                        with contextlib.suppress(IsobenchError):
+                            self._containers.remove(entry.name)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        self.scratch = None
+
+    def describe(self) -> dict[str, object]:
+        """The runtime, namespaces, capabilities, root filesystem, cgroup, limits and network."""
+        ctx, spec = self._ctx, self._spec
+        caps = spec.process.capabilities if spec else None
+        return {
+            "name": self.name,
+            "runtime": "isobench in-process (harness.runtime.lifecycle.Runtime)",
+            "state_root": self._runtime.root,
+            "namespaces": sorted(ns.type for ns in spec.linux.namespaces) if spec else None,
+            "capabilities": list(caps.bounding or ()) if caps else None,
+            "no_new_privileges": spec.process.no_new_privileges if spec else None,
+            "masked_paths": len(spec.linux.masked_paths) if spec else None,
+            "readonly_paths": len(spec.linux.readonly_paths) if spec else None,
+            "root_filesystem": (
+                "overlayfs over the image's layers, a fresh upper dir per container, "
+                "mounted inside the container's mount namespace"
+            ),
+            "mounts": {
+                SCRATCH: "rbind rw of a host dir under the workdir, emptied before each run"
+            },
+            "network": "loopback only: own network namespace, no veth from the host yet",
+            "cgroup": f"{CGROUP_PARENT}/isobench-<run id>-<n>, one per container",
+            "limits": limits_record(
+                ctx.limits if ctx else Limits(),
+                "the container's cgroup (cpuset.cpus, memory limit)",
+            ),
+            "container_ids": f"isobench-{ctx.run_id}-<n>" if ctx else None,
+            "launch_latency": "new container running /bin/true: dirs, create, start, wait, delete",
+            "image_digest": ctx.image_digest if ctx else None,
+        }

@@ -1,0 +1,246 @@
+"""The oci platforms: the same image through an external OCI runtime's CLI (runc, crun).
+
+prepare() writes one bundle per run with `write_bundle`: a plain copy of the
+image's files (not an overlay) and `runc spec`'s config. Each workload run
+rewrites config.json with its argv, env, /scratch bind and limits, and runs
+`<runtime> run` in the foreground, its stdout/stderr going to files. For
+parity with the container platform the config adds the cgroup namespace (all
+six namespaces) and a writable root (runc spec's root is read-only, and "root"
+IO workloads write under /var/tmp). Container ids are
+`isobench-<run id>-<runtime>-<n>`; their cgroups sit where the container
+platform's do, `/isobench-runtime/<container id>` (runc's default would nest
+them in the caller's own cgroup), and the runtime removes them on delete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.errors import ContainerError, EnvironmentError_, IsobenchError, StateError
+from harness.image.commands import write_bundle
+from harness.image.store import ImageStore
+from harness.platforms.bare import (
+    checked_digest,
+    cpuset_for,
+    limits_record,
+    read_text,
+    reset_dir,
+    timeout_note,
+)
+from harness.platforms.base import Limits, Outcome, RunContext
+from harness.platforms.oci_runtimes import ReferenceRuntime
+from harness.runtime.bundle import add_cgroup_namespace, busybox_bundle
+from harness.runtime.lifecycle import CGROUP_PARENT
+from harness.workloads.base import Workload
+
+SCRATCH = "/scratch"
+RUNTIMES = ("runc", "crun")
+
+
+class OciPlatform:
+    """One external runtime (runc or crun) running the image's bundle (see the module docstring)."""
+
+    def __init__(self, runtime_name: str, store: ImageStore | None = None) -> None:
+        if runtime_name not in RUNTIMES:
+            raise ValueError(f"runtime {runtime_name!r}; accepted: {', '.join(RUNTIMES)}")
+        self.name = f"oci:{runtime_name}"
+        self._store = store
+        self._runtime = ReferenceRuntime(runtime_name, root="")
+        self._available: tuple[bool, str] | None = None
+        self._ctx: RunContext | None = None
+        self._dir: Path | None = None
+        self._base: dict[str, object] = {}  # write_bundle's config.json
+        self._count = 0
+        self.scratch: Path | None = None  # the host side of /scratch
+
+    @property
+    def bundle(self) -> Path:
+        """The run's bundle directory (config.json + rootfs)."""
+        if self._dir is None:
+            raise StateError(f"{self.name}: prepare() has not run")
+        return self._dir / "bundle"
+
+    def available(self) -> tuple[bool, str]:
+        """Root, the runtime installed, and a probe: it runs a busybox bundle's /bin/true here."""
+        if self._available is not None:
+            return self._available
+        if os.geteuid() != 0:
+            return False, "needs root (the runtime makes namespaces and cgroups)"
+        if self._runtime.binary is None:
+            return (
+                False,
+                f"{self._runtime.name} not installed (Debian package {self._runtime.name})",
+            )
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"isobench-probe-{os.getpid()}-") as tmp:
+                bundle = busybox_bundle(Path(tmp) / "bundle", ["/bin/true"])
+                self._runtime.root = os.path.join(tmp, "state")
+                self._available = self._runtime.available(str(bundle))
+        except (IsobenchError, OSError) as exc:
+            self._available = (False, f"{self._runtime.name} probe: {exc}")
+        return self._available
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Write the run's bundle (a plain copy of the image) and point the runtime's state at the workdir."""
+        ok, reason = self.available()
+        if not ok:
+            raise EnvironmentError_(f"{self.name} cannot run here: {reason}")
+        store = self._store or ImageStore()
+        checked_digest(store, ctx)
+        self._ctx = ctx
+        self._dir = ctx.workdir / f"oci-{self._runtime.name}-{ctx.run_id}"
+        self.scratch = self._dir / "scratch"
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        write_bundle(store, ctx.image_ref, self.bundle)
+        self._base = json.loads((self.bundle / "config.json").read_text())
+        self._runtime.root = str(self._dir / "state")
+
+    def _config(
+        self,
+        container_id: str,
+        argv: Sequence[str],
+        env: Sequence[tuple[str, str]],
+        volume: bool,
+    ) -> str:
+        """The bundle's config with this run's argv, env, mounts and limits, as JSON text."""
+        assert self._ctx is not None
+        config = copy.deepcopy(self._base)
+        process = config["process"]
+        assert isinstance(process, dict)
+        process["args"] = list(argv)
+        process["env"] = [*process.get("env", []), *(f"{k}={v}" for k, v in env)]
+        config["root"] = {"path": "rootfs", "readonly": False}
+        add_cgroup_namespace(config)
+        if volume:
+            mounts = config["mounts"]
+            assert isinstance(mounts, list)
+            mounts.append(
+                {
+                    "destination": SCRATCH,
+                    "type": "bind",
+                    "source": str(self.scratch),
+                    "options": ["rbind", "rw"],
+                }
+            )
+        linux = config["linux"]
+        assert isinstance(linux, dict)
+        # Next to the container platform's cgroups: runc's default would nest the container
+        # in the caller's own cgroup (and under its limits), crun's is /<id>.
+        linux["cgroupsPath"] = f"{CGROUP_PARENT}/{container_id}"
+        resources = linux.setdefault("resources", {})
+        limits = self._ctx.limits
+        if limits.memory_bytes is not None:
+            resources["memory"] = {"limit": limits.memory_bytes}
+        cpus = cpuset_for(limits)
+        if cpus is not None:
+            resources["cpu"] = {"cpus": cpus}
+        return json.dumps(config, indent=1)
+
+    def _write_config(self, text: str) -> None:
+        path = self.bundle / "config.json"
+        tmp = path.with_name("config.json.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    def _next_id(self) -> str:
+        assert self._ctx is not None
+        self._count += 1
+        return f"isobench-{self._ctx.run_id}-{self._runtime.name}-{self._count}"
+
+    def run(self, workload: Workload) -> Outcome:
+        """`<runtime> run` of the workload's argv in the bundle; output captured through files."""
+        assert self._dir is not None and self.scratch is not None
+        reset_dir(self.scratch)
+        # The rootfs is a plain directory kept for the whole run: clear what a "root" workload wrote.
+        reset_dir(self.bundle / "rootfs" / "var" / "tmp")
+        container_id = self._next_id()
+        volume = workload.scratch == "volume"
+        self._write_config(self._config(container_id, workload.argv, workload.env, volume))
+        out_path, err_path = self._dir / "stdout", self._dir / "stderr"
+        result = self._runtime.execute(
+            str(self.bundle),
+            container_id,
+            stdout=str(out_path),
+            stderr=str(err_path),
+            timeout_s=workload.timeout_s,
+        )
+        stderr = read_text(err_path)
+        if result.timed_out:
+            stderr += timeout_note(workload.timeout_s)
+        return Outcome(
+            exit_code=result.exit_code,
+            stdout=read_text(out_path),
+            stderr=stderr,
+            wall_s=result.wall_s,
+            resources={"cpu_user_s": result.cpu_user_s, "cpu_system_s": result.cpu_system_s},
+        )
+
+    def launch_latency(self) -> float:
+        """`<runtime> run` of /bin/true in the bundle: launch to exit, the CLI's own start included."""
+        container_id = self._next_id()
+        self._write_config(self._config(container_id, ["/bin/true"], (), False))
+        result = self._runtime.execute(str(self.bundle), container_id)
+        if result.exit_code != 0:
+            raise ContainerError(
+                f"{self.name}: /bin/true exited with status {result.exit_code}: {result.stderr.strip()}"
+            )
+        return result.wall_s
+
+    def teardown(self) -> None:
+        """Force-delete what a crash left in the state root, stop crun's helper, remove the bundle."""
+        if self._dir is not None:
+            state = self._dir / "state"
+            if state.is_dir() and self._runtime.binary is not None:
+                for entry in state.iterdir():
+                    with contextlib.suppress(OSError, RuntimeError):
+                        self._runtime.force_delete(entry.name)
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        self._runtime.close()
+        self._available = None  # the helper is gone: a new prepare() probes again
+        self.scratch = None
+
+    def describe(self) -> dict[str, object]:
+        """The runtime and its version, how it was run, the bundle, namespaces, limits and network."""
+        ctx = self._ctx
+        linux = self._base.get("linux", {})
+        namespaces = linux.get("namespaces", []) if isinstance(linux, dict) else []
+        names = sorted({str(ns["type"]) for ns in namespaces} | {"cgroup"}) if namespaces else None
+        hidden = self._runtime.hides_cgroup2
+        return {
+            "name": self.name,
+            "runtime": self._runtime.describe(),
+            "how": (
+                f"{self._runtime.name} run --bundle <bundle> <id> (the CLI, foreground)"
+                + (
+                    ", from a helper process in a private mount namespace without the cgroup2 "
+                    "mount at /sys/fs/cgroup/unified (crun refuses v1-hybrid hosts)"
+                    if hidden
+                    else ""
+                )
+            ),
+            "bundle": str(self.bundle) if self._dir else None,
+            "root_filesystem": (
+                "a plain copy of the image's files (write_bundle) on the host filesystem, "
+                "writable, kept for the whole run: not overlayfs"
+            ),
+            "namespaces": names,
+            "mounts": {
+                SCRATCH: "rbind rw of a host dir under the workdir, emptied before each run"
+            },
+            "network": "loopback only: own network namespace, no veth from the host",
+            "cgroup": f"{CGROUP_PARENT}/<container id>, like the container platform's",
+            "limits": limits_record(
+                ctx.limits if ctx else Limits(), "config.json linux.resources (cpu.cpus, memory)"
+            ),
+            "container_ids": f"isobench-{ctx.run_id}-{self._runtime.name}-<n>" if ctx else None,
+            "launch_latency": f"{self._runtime.name} run of /bin/true, launch to exit",
+            "image_digest": ctx.image_digest if ctx else None,
+        }
