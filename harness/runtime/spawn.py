@@ -89,8 +89,13 @@ def _own_pid_ns_fd() -> int:
 
 
 def _preload_for_child(req: SpawnRequest) -> None:
-    """Import in the parent what the init imports lazily: after pivot_root it cannot find modules."""
-    if req.console_sock is not None:
+    """Import in the parent what the init imports lazily.
+
+    After pivot_root the init cannot find modules, and in a user namespace it
+    may not be allowed to read the host's standard library at all.
+    """
+    net = req.spec.linux.namespace("network")
+    if req.console_sock is not None or (net is not None and net.path is None):
         import fcntl  # noqa: F401
         import socket  # noqa: F401
         import struct  # noqa: F401
@@ -347,6 +352,21 @@ def _enter_namespaces(spec: Spec, sys: SyscallLayer, w_sync: int, go: _Reader) -
             flags |= sc.NAMESPACE_FLAGS[ns.type]
     if flags:
         sys.unshare(flags)
+    if flags & sc.CLONE_NEWNET:
+        _loopback_up()
+
+
+def _loopback_up() -> None:
+    """A new network namespace has `lo` down; runc brings it up (its "loopback" network), so do we."""
+    import fcntl  # preloaded by _preload_for_child
+    import socket
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack("16sh", fcntl.ioctl(sock, siocgifflags, request))[1]
+        fcntl.ioctl(sock, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up))
 
 
 def _prepare_rootfs(req: SpawnRequest, sys: SyscallLayer) -> None:

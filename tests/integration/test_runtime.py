@@ -516,6 +516,7 @@ stat -c 'dev %n %F %a %u:%g %t,%T' /dev/* /dev/pts/* | sort
 grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status
 awk '{print "mount", $5, $(NF-2), $6}' /proc/self/mountinfo | sort
 echo "net=$(ls /sys/class/net | tr '\n' ' ')"
+echo "lo-flags=$(cat /sys/class/net/lo/flags)"
 id
 ulimit -a
 (echo 1 > /proc/sys/kernel/ns_last_pid) 2>/dev/null && echo proc-sys=rw || echo proc-sys=ro
