@@ -36,19 +36,38 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also running containers without the isobench- prefix, and kept ones",
     )
 
-    run = sub.add_parser("run", help="run the benchmark suite in randomised blocks; writes a results file")
+    run = sub.add_parser(
+        "run", help="run the benchmark suite in randomised blocks; writes a results file"
+    )
     run.add_argument("--profile", choices=("smoke", "quick", "full"), default="quick")
-    run.add_argument("--platform", default=None, help="comma-separated (default: every platform this host runs)")
-    run.add_argument("--bench", default=None, help="comma-separated benchmarks or categories (default: all)")
+    run.add_argument(
+        "--platform", default=None, help="comma-separated (default: every platform this host runs)"
+    )
+    run.add_argument(
+        "--bench", default=None, help="comma-separated benchmarks or categories (default: all)"
+    )
     run.add_argument("--blocks", type=int, default=None, help="blocks (default: the profile's)")
-    run.add_argument("--seed", type=int, default=None, help="platform-order seed (default: random, recorded)")
+    run.add_argument(
+        "--seed", type=int, default=None, help="platform-order seed (default: random, recorded)"
+    )
     run.add_argument("--results", type=Path, default=Path("results"), help="results directory")
-    run.add_argument("--resume", type=Path, default=None, help="continue a killed run's results file")
-    run.add_argument("--image", default="isobench/workload:latest", help="image reference (built if missing)")
+    run.add_argument(
+        "--resume", type=Path, default=None, help="continue a killed run's results file"
+    )
+    run.add_argument(
+        "--image", default="isobench/workload:latest", help="image reference (built if missing)"
+    )
 
     report = sub.add_parser("report", help="HTML page, Markdown summary and CSV from results files")
     report.add_argument("results", nargs="+", type=Path)
-    report.add_argument("--out", type=Path, default=None, help="output directory (default: reports/<run>)")
+    report.add_argument(
+        "--out", type=Path, default=None, help="output directory (default: reports/<run>)"
+    )
+    report.add_argument(
+        "--include-tcg",
+        action="store_true",
+        help="put emulated (TCG) VM figures into overhead ratios",
+    )
 
     sub.add_parser("doctor", help="what this host can run, and why not")
 
@@ -135,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
 
             results = load_results(args.results)
             out = args.out or Path("reports") / args.results[0].stem
-            paths = build_report(results, out)
-            for line in summary_lines(results):
+            paths = build_report(results, out, include_tcg=args.include_tcg)
+            for line in summary_lines(results, include_tcg=args.include_tcg):
                 print(line)
-            print(paths.html)
+            print(f"report: {paths.html}")
             return 0
         if args.command == "doctor":
             from harness.doctor import doctor_lines

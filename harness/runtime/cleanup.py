@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +83,22 @@ def cleanup(
             with contextlib.suppress(OSError):
                 os.rmdir(runtime.root)
     yield from _sweep_image_store(runtime, dry_run, everything)
+    yield from _sweep_run_workdirs(dry_run)
+
+
+def _sweep_run_workdirs(dry_run: bool) -> Iterator[str]:
+    """Work dirs of `isobench run`s that were killed (their pid is gone): mounts first, then files."""
+    from harness.runner import WORKDIR_PREFIX
+
+    base = Path(tempfile.gettempdir())
+    for entry in sorted(base.glob(f"{WORKDIR_PREFIX}*")):
+        pid = entry.name[len(WORKDIR_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists() or not entry.is_dir():
+            continue
+        if not dry_run:
+            _unmount_below(entry)
+            shutil.rmtree(entry, ignore_errors=True)
+        yield f"{'would remove' if dry_run else 'removed'} work dir of a killed run {entry}"
 
 
 def _sweep_image_store(runtime: Runtime, dry_run: bool, everything: bool) -> Iterator[str]:
