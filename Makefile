@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # Debian packages: the runtime and its references (busybox-static runc crun libseccomp2),
 # the workload tools baked into the image (fio stress-ng sysbench iperf3), image interop
 # checks (skopeo umoci), and the basics (iproute2 util-linux kmod python3-venv).
-APT_PACKAGES := busybox-static runc crun libseccomp2 fio stress-ng sysbench iperf3 skopeo umoci iproute2 util-linux kmod python3-venv
+APT_PACKAGES := busybox-static runc crun libseccomp2 fio stress-ng sysbench iperf3 skopeo umoci hyperfine iproute2 util-linux kmod python3-venv
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup system-packages bench bench-runtime test unit integration lint cleanup clean
@@ -47,7 +47,7 @@ bench: setup
 # Microbenchmarks of isobench itself: container launch against runc and crun,
 # overlay roots, image rebuilds (pytest-benchmark).
 bench-runtime: setup
-	$(VENV)/bin/pytest bench/test_runtime_startup.py bench/test_image.py -p no:cacheprovider \
+	$(VENV)/bin/pytest bench/test_runtime_startup.py bench/test_image.py bench/test_harness_timing.py -p no:cacheprovider \
 	  --benchmark-columns=median,iqr,min,max,rounds --benchmark-sort=mean
 
 test: setup

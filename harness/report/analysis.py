@@ -187,6 +187,8 @@ def _warnings(
                 f"{platform}: mean CPU steal {mean_steal:.1f} % (over {STEAL_LIMIT_PCT:g} %): "
                 "another tenant took CPU time during the run"
             )
+    short: list[str] = []  # ratios whose bootstrap and t intervals disagree: one line for all
+    primary_ratios = 0
     for row in rows:
         name = row.benchmark.name
         if row.is_primary and row.benchmark.category != "startup" and row.cv > CV_LIMIT:
@@ -194,11 +196,16 @@ def _warnings(
                 f"{name} on {row.platform}: coefficient of variation of {row.metric.name} "
                 f"is {row.cv:.1%} (over {CV_LIMIT:.0%})"
             )
-        if row.is_primary and isinstance(row.ratio, OverheadRatio) and row.ratio.disagree:
-            out.append(
-                f"{name} {row.platform}/bare: too few blocks ({row.ratio.blocks}): "
-                "the bootstrap and t intervals disagree"
-            )
+        if row.is_primary and isinstance(row.ratio, OverheadRatio):
+            primary_ratios += 1
+            if row.ratio.disagree:
+                short.append(f"{name} {row.platform}/bare")
+    if short:
+        # With a few blocks this is most rows; one line keeps the other warnings visible.
+        out.append(
+            f"too few blocks ({run.blocks}) for {len(short)} of {primary_ratios} ratios: their bootstrap "
+            f"and t intervals disagree (marked ?); run more blocks (--blocks, or --profile full)"
+        )
     failed = [s for s in measured if s.failed]
     if failed:
         noun = "sample" if len(failed) == 1 else "samples"
