@@ -28,7 +28,8 @@ from pathlib import Path
 from harness.errors import ContainerError, IsobenchError, StateError
 from harness.image.containers import ImageContainers
 from harness.image.store import ImageStore
-from harness.platforms.bare import (
+from harness.platforms.base import Limits, Outcome, RunContext
+from harness.platforms.common import (
     TIMED_OUT,
     checked_digest,
     cpuset_for,
@@ -37,7 +38,6 @@ from harness.platforms.bare import (
     reset_dir,
     timeout_note,
 )
-from harness.platforms.base import Limits, Outcome, RunContext
 from harness.runtime.bundle import busybox_bundle
 from harness.runtime.lifecycle import CGROUP_PARENT, Runtime
 from harness.runtime.spec import CpuResources, Resources, Spec

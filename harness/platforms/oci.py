@@ -26,7 +26,8 @@ from pathlib import Path
 from harness.errors import ContainerError, EnvironmentError_, IsobenchError, StateError
 from harness.image.commands import write_bundle
 from harness.image.store import ImageStore
-from harness.platforms.bare import (
+from harness.platforms.base import Limits, Outcome, RunContext
+from harness.platforms.common import (
     checked_digest,
     cpuset_for,
     limits_record,
@@ -34,7 +35,6 @@ from harness.platforms.bare import (
     reset_dir,
     timeout_note,
 )
-from harness.platforms.base import Limits, Outcome, RunContext
 from harness.platforms.oci_runtimes import ReferenceRuntime
 from harness.runtime.bundle import add_cgroup_namespace, busybox_bundle
 from harness.runtime.lifecycle import CGROUP_PARENT

@@ -131,21 +131,25 @@ def cli(state_root: str) -> Callable[..., subprocess.CompletedProcess[str]]:
     exe = runtime_cli()
 
     def run(*args: str, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-        argv = [exe, "--root", state_root, *args]
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = subprocess.run(
-                argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, timeout=timeout, check=False
-            )
-            out.seek(0)
-            err.seek(0)
-            return subprocess.CompletedProcess(
-                argv,
-                proc.returncode,
-                out.read().decode(errors="replace"),
-                err.read().decode(errors="replace"),
-            )
+        return run_captured([exe, "--root", state_root, *args], timeout)
 
     return run
+
+
+def run_captured(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run argv with stdout/stderr through files (a created init keeps inherited pipes open)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.run(
+            argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, timeout=timeout, check=False
+        )
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(
+            argv,
+            proc.returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+        )
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,9 @@ import pytest
 from harness.image.build import build_image
 from harness.image.store import ImageStore
 from harness.platforms import PLATFORMS, select
-from harness.platforms.bare import BarePlatform, mounts_under
+from harness.platforms.bare import BarePlatform
 from harness.platforms.base import Limits, Platform, RunContext
+from harness.platforms.common import mounts_under
 from harness.platforms.container import ContainerPlatform
 from harness.platforms.oci import OciPlatform
 from harness.runtime.state import default_root

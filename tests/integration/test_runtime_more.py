@@ -32,6 +32,7 @@ from harness.errors import IsobenchError
 from harness.runtime.bundle import busybox_rootfs
 from harness.runtime.cgroups import new_manager
 from harness.runtime.lifecycle import CGROUP_PARENT, Runtime
+from tests.integration import conftest
 from tests.integration.conftest import Config, cgroup_dirs, edit_config, runtime_cli
 from tests.integration.test_runtime import (
     linux,
@@ -54,19 +55,8 @@ RUN_TIMEOUT_S = 60.0
 def run_captured(
     argv: list[str], timeout: float = RUN_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:
-    """Run argv with stdout/stderr through files (a created init keeps inherited pipes open)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.run(
-            argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, timeout=timeout, check=False
-        )
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(
-            argv,
-            proc.returncode,
-            out.read().decode(errors="replace"),
-            err.read().decode(errors="replace"),
-        )
+    """conftest's helper with this file's default timeout."""
+    return conftest.run_captured(argv, timeout)
 
 
 def isobench_cli() -> str:
