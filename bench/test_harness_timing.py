@@ -26,7 +26,9 @@ from harness.workloads.catalog import BENCHMARKS
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the bare platform mounts an overlay root"),
-    pytest.mark.skipif(shutil.which("hyperfine") is None, reason="hyperfine not installed (make setup)"),
+    pytest.mark.skipif(
+        shutil.which("hyperfine") is None, reason="hyperfine not installed (make setup)"
+    ),
 ]
 
 BATCHES = int(os.environ.get("ISOBENCH_TIMING_BATCHES", "4"))
@@ -52,8 +54,17 @@ def test_bare_timing_agrees_with_hyperfine(tmp_path: Path) -> None:
                 ours.append(outcome.wall_s)
             report = tmp_path / "hyperfine.json"
             subprocess.run(
-                ["hyperfine", "--shell=none", "--runs", str(RUNS_PER_BATCH), "--export-json", str(report),
-                 "--style", "none", " ".join(command)],
+                [
+                    "hyperfine",
+                    "--shell=none",
+                    "--runs",
+                    str(RUNS_PER_BATCH),
+                    "--export-json",
+                    str(report),
+                    "--style",
+                    "none",
+                    " ".join(command),
+                ],
                 check=True,
                 capture_output=True,
             )
