@@ -126,14 +126,11 @@ def _sweep_image_store(runtime: Runtime, dry_run: bool, everything: bool) -> Ite
 
 def _unmount_below(path: Path) -> None:
     """Detach any mount at or under path (a merged view left by a killed `image bundle`)."""
+    from harness.platforms.common import mounts_under
     from harness.runtime.syscalls import MNT_DETACH, linux
 
-    prefix = str(path)
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    for point in sorted(
-        (p for p in points if p == prefix or p.startswith(prefix + "/")), reverse=True
-    ):
+    # The shared listing decodes mountinfo's escapes (a path with a space is \040 there).
+    for point in reversed(mounts_under(path)):  # deepest first
         with contextlib.suppress(IsobenchError):
             linux().umount2(point, MNT_DETACH)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from harness.errors import OSFailure, UserError
 from harness.runtime import syscalls as sc
+from harness.runtime.cgroups.fs import parse_mountinfo
 from harness.runtime.spec import Device, DeviceRule, Mount, Spec
 from harness.runtime.syscalls import SyscallLayer
 
@@ -292,17 +293,16 @@ def _mount_hierarchy(
 
 def v1_hierarchies() -> list[tuple[str, str]]:
     """(directory name, mount options) of each v1 hierarchy on the host, from mountinfo."""
-    out: list[tuple[str, str]] = []
     with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = right.split()
-            if len(fields) < 3 or fields[0] != "cgroup":
-                continue
-            wanted = [o for o in fields[2].split(",") if o not in ("rw", "ro", "relatime")]
-            mountpoint = left.split()[4]
-            out.append((os.path.basename(mountpoint), ",".join(wanted)))
-    return out
+        entries = parse_mountinfo(f.read())
+    return [
+        (
+            os.path.basename(entry.mountpoint),
+            ",".join(o for o in entry.super_options if o not in ("rw", "ro", "relatime")),
+        )
+        for entry in entries
+        if entry.fstype == "cgroup"
+    ]
 
 
 def create_devices(rootfs: str, extra: tuple[Device, ...], sys: SyscallLayer, bind: bool) -> None:

@@ -70,7 +70,8 @@ def edit_config(bundle: Path, edit: Callable[[Config], object]) -> Path:
     return bundle
 
 
-def _force_remove(root: str, container_id: str) -> None:
+def force_remove(root: str, container_id: str) -> None:
+    """Delete a container and its cgroup whatever state it is in (test teardown)."""
     with contextlib.suppress(IsobenchError, OSError):
         Runtime(root=root).delete(container_id, force=True)
     manager = new_manager(f"{CGROUP_PARENT}/{container_id}")
@@ -91,7 +92,7 @@ def state_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     left_state = sorted(p.name for p in root.glob(f"{ID_PREFIX}*")) if root.exists() else []
     left_cgroups = sorted(glob.glob(f"/sys/fs/cgroup/*/{CGROUP_PARENT.strip('/')}/{ID_PREFIX}*"))
     for path in left_cgroups:
-        _force_remove(str(root), os.path.basename(path))
+        force_remove(str(root), os.path.basename(path))
     assert not left_state, f"state dirs left in {root}: {left_state}"
     assert not left_cgroups, f"cgroup dirs left behind: {left_cgroups}"
 
@@ -108,7 +109,7 @@ def new_id(state_root: str) -> Iterator[Callable[[], str]]:
 
     yield make
     for container_id in made:
-        _force_remove(state_root, container_id)
+        force_remove(state_root, container_id)
 
 
 @pytest.fixture

@@ -28,10 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import IsobenchError
 from harness.runtime.bundle import busybox_rootfs
-from harness.runtime.cgroups import new_manager
-from harness.runtime.lifecycle import CGROUP_PARENT, Runtime
+from harness.runtime.lifecycle import CGROUP_PARENT
+from harness.runtime.state import proc_start_time
 from tests.integration import conftest
 from tests.integration.conftest import Config, cgroup_dirs, edit_config, runtime_cli
 from tests.integration.test_runtime import (
@@ -70,23 +69,12 @@ def isobench_cli() -> str:
 
 def is_alive(pid: int) -> bool:
     """Whether pid is a live process (a zombie nobody reaped yet counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    return proc_start_time(pid) is not None
 
 
 def remove_container(root: str, container_id: str) -> None:
     """Teardown for ids the `new_id` fixture does not cover (other root, other prefix)."""
-    with contextlib.suppress(IsobenchError, OSError):
-        Runtime(root=root).delete(container_id, force=True)
-    manager = new_manager(f"{CGROUP_PARENT}/{container_id}")
-    with contextlib.suppress(IsobenchError, OSError):
-        manager.kill_all(signal.SIGKILL)
-    with contextlib.suppress(IsobenchError, OSError):
-        manager.destroy()
-    shutil.rmtree(Path(root) / container_id, ignore_errors=True)
+    conftest.force_remove(root, container_id)
 
 
 def live_cgroups_except(container_ids: list[str]) -> list[str]:
