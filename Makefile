@@ -6,8 +6,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # Debian packages: the runtime and its references (busybox-static runc crun libseccomp2),
 # the workload tools baked into the image (fio stress-ng sysbench iperf3), image interop
-# checks (skopeo umoci), and the basics (iproute2 util-linux kmod python3-venv).
-APT_PACKAGES := busybox-static runc crun libseccomp2 fio stress-ng sysbench iperf3 skopeo umoci hyperfine iproute2 util-linux kmod python3-venv
+# checks (skopeo umoci), the compiler for isobench's own static C programs in the image
+# (gcc libc6-dev), and the basics (iproute2 util-linux kmod python3-venv).
+APT_PACKAGES := busybox-static runc crun libseccomp2 fio stress-ng sysbench iperf3 skopeo umoci hyperfine iproute2 util-linux kmod python3-venv gcc libc6-dev
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup system-packages bench bench-runtime test unit integration lint cleanup clean

@@ -3,7 +3,8 @@
 Two layers, so images that share a base share its blob:
   base   busybox (static) and its applet links, the ELF interpreter and libc, libgcc_s
          (glibc dlopens it to unwind threads), a minimal /etc, /tmp and empty mount points;
-  tools  each tool at its host path plus its shared-library closure (ldd), minus what base has.
+  tools  each tool at its host path plus its shared-library closure (ldd), minus what base has,
+         and isobench's own small C programs (csrc/*.c, static) at /usr/bin/<name>.
 Each file sits at the path the loader or PATH names it by (/bin/busybox, /usr/bin/fio,
 /lib/x86_64-linux-gnu/libc.so.6, /lib64/ld-linux-x86-64.so.2), in real directories even
 where the host has merged-/usr directory symlinks; file symlinks (sonames, the
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.errors import EnvironmentError_, UserError
-from harness.image import tarball
+from harness.image import csrc, tarball
 from harness.image.digest import (
     CREATED,
     EPOCH,
@@ -148,6 +149,9 @@ def build_image(
         upper.add_host(path)
         for lib in closures[name]:
             upper.add_host(lib)
+    programs = csrc.compile_programs(store.home / CACHE_DIR / "csrc")
+    for program in programs:
+        upper.add_host(program.binary, f"{csrc.IMAGE_BIN}/{program.name}")
     upper.subtract(base)
     dropped = tuple(_dropped(paths))
     key = _cache_key(base, upper, paths)
@@ -163,6 +167,10 @@ def build_image(
     for name, path in paths.items():
         annotations[f"org.isobench.tool.{name}.version"] = _version(path)
         annotations[f"org.isobench.tool.{name}.path"] = str(path)
+    for program in programs:
+        annotations[f"org.isobench.program.{program.name}.sha256"] = program.source_sha256
+    if programs:
+        annotations["org.isobench.program.compiler"] = csrc.compiler_version()
     store.tmp.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"isobench-{os.getpid()}-build-", dir=store.tmp))
     try:
@@ -351,7 +359,7 @@ def _dropped(paths: dict[str, Path]) -> list[tuple[str, str]]:
 def _cache_key(base: _Tree, upper: _Tree, paths: dict[str, Path]) -> str:
     """sha256 over every input's identity (path, kind, mode, target, size, mtime, inode) and this code."""
     digest = hashlib.sha256()
-    for module in (Path(__file__), Path(tarball.__file__)):
+    for module in (Path(__file__), Path(tarball.__file__), Path(csrc.__file__)):
         digest.update(module.read_bytes())
     digest.update(
         json.dumps([sorted(paths.items()), tarball.default_mtime()], default=str).encode()
