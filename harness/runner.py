@@ -53,7 +53,7 @@ def run_suite(
     """Run the suite (or resume a killed run); returns the results file's path."""
     from harness.platforms import select
     from harness.results import ResultFile
-    from harness.scheduler import STARTUP_WORKLOAD, validate_request
+    from harness.scheduler import STARTUP_NAMES, validate_request
     from harness.workloads import workloads as select_workloads
 
     previous = ResultFile.load(resume) if resume is not None else None
@@ -64,7 +64,7 @@ def run_suite(
         seed = previous.seed if seed is None else seed
         image_ref = str(info["image"].get("digest", image_ref))
         platforms = list(info["platforms"]) or platforms
-        chosen = [b for b in info["benchmarks"] if b != STARTUP_WORKLOAD.benchmark]
+        chosen = [b for b in info["benchmarks"] if b not in STARTUP_NAMES]
         benchmarks = chosen or benchmarks
     blocks = PROFILE_BLOCKS[profile] if blocks is None else blocks
     seed = random.SystemRandom().randrange(1 << 31) if seed is None else seed
