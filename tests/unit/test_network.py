@@ -23,6 +23,8 @@ from harness.platforms.network import (
 from harness.platforms.peer import NotApplicable, PeerError, listening, run_with_peer, tcp_local_key
 from harness.workloads import BENCHMARKS
 from harness.workloads.base import PEER, Workload
+from harness.workloads.network import probe_tcp_rr
+from harness.workloads.parsers import ParseError
 
 RUN_ID = "20261128T031500Z-a1b2c3"
 
@@ -161,3 +163,44 @@ def test_a_peer_without_a_port_is_refused_before_anything_starts(tmp_path: Path)
 
     with pytest.raises(PeerError, match="peer_port"):
         run_with_peer(_plain(("server",), None), "127.0.0.1", None, launch, tmp_path, _client([]))  # type: ignore[arg-type]
+
+
+# The probe's documented output line (its own parser lands in harness.workloads.probe).
+RR_LINE = (
+    "probe=tcp-rr iters=2000 bytes=1 mean_ns=31250 p50_ns=29000 p90_ns=35500 p99_ns=61000 "
+    "min_ns=21000 max_ns=410000 roundtrips_per_s=32000.5\n"
+)
+
+
+def _key_values(text: str) -> dict[str, object]:
+    return dict(item.split("=", 1) for item in text.split())
+
+
+def test_tcp_rr_reports_microseconds_and_transactions_per_second() -> None:
+    workload = probe_tcp_rr("smoke", _key_values)
+    values = workload.parse(RR_LINE)
+    assert values == {
+        "p50_us": 29.0,
+        "p90_us": 35.5,
+        "p99_us": 61.0,
+        "mean_us": 31.25,
+        "transactions_per_s": 32000.5,
+    }
+    assert list(values) == [metric.name for metric in workload.metrics]
+    assert workload.argv[1:3] == ("tcp-rr", PEER) and workload.peer_argv is not None
+    assert workload.peer_argv[1:] == ("tcp-server", PEER, str(workload.peer_port))
+    assert probe_tcp_rr("quick", _key_values).sizes["iterations"] > workload.sizes["iterations"]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (RR_LINE.replace("probe=tcp-rr", "probe=pipe-rr"), "not a tcp-rr line"),
+        (RR_LINE.replace("p99_ns=61000 ", ""), "lacks a number"),
+        (RR_LINE.replace("p50_ns=29000", "p50_ns=fast"), "lacks a number"),
+        ("", "not a tcp-rr line"),
+    ],
+)
+def test_tcp_rr_refuses_other_or_incomplete_lines(line: str, problem: str) -> None:
+    with pytest.raises(ParseError, match=problem):
+        probe_tcp_rr("smoke", _key_values).parse(line)
