@@ -7,34 +7,33 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness.image.build import build_image
 from harness.image.store import ImageStore
-from harness.platforms.bare import BarePlatform
-from harness.platforms.base import Limits, Platform, RunContext
-from harness.platforms.common import mounts_under
-from harness.platforms.container import ContainerPlatform
+from harness.platforms.base import Limits, RunContext
 from harness.platforms.network import NETNS_DIR, STATE_DIR, run_token
-from harness.platforms.oci import OciPlatform
 from harness.platforms.peer import PeerError
 from harness.runner import WORKDIR_PREFIX
 from harness.workloads import BENCHMARKS
 from harness.workloads.base import Workload
+from tests.integration import test_platforms as platform_tests
+
+# The platform tests' private image store and directory (one image build per module).
+TAG = platform_tests.TAG
+base = platform_tests.base
+store = platform_tests.store
+_make = platform_tests._make
 
 pytestmark = pytest.mark.requires("root", "cgroups", "busybox", "iproute2")
 
-TAG = "isobench/workload:test-network"
 BIN = Path(sys.executable).parent
 
 # Inside the platform: its IPv4 addresses and routes, and whether the host's own address is reachable.
@@ -51,33 +50,6 @@ VIEW = Workload(
     primary="",
     parse=lambda out: {},
 )
-
-
-@pytest.fixture(scope="module")
-def base() -> Iterator[Path]:
-    """A directory of this module's own, outside pytest's basetemp (mounts live below it)."""
-    path = Path(tempfile.mkdtemp(prefix="isobench-test-network-"))
-    try:
-        yield path
-        assert mounts_under(path) == [], "mounts left behind"
-    finally:
-        if not mounts_under(path):
-            shutil.rmtree(path)
-
-
-@pytest.fixture(scope="module")
-def store(base: Path) -> ImageStore:
-    image_store = ImageStore(home=base / "home")
-    build_image(image_store, tag=TAG)
-    return image_store
-
-
-def _make(name: str, store: ImageStore) -> Platform:
-    if name == "bare":
-        return BarePlatform(store=store)
-    if name == "container":
-        return ContainerPlatform(store=store)
-    return OciPlatform(name.split(":", 1)[1], store=store)
 
 
 def _context(store: ImageStore, base: Path) -> RunContext:
