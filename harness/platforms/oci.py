@@ -299,7 +299,17 @@ class OciPlatform:
             "mounts": {
                 SCRATCH: "rbind rw of a host dir under the workdir, emptied before each run"
             },
-            "network": self.network.describe(),
+            "network": {
+                **self.network.describe(),
+                **(
+                    {
+                        "joined_by": "/proc/<isobench pid>/fd/<fd>: the helper's mount namespace "
+                        "predates the /run/netns bind mount"
+                    }
+                    if self._netns_fd is not None and hidden
+                    else {}
+                ),
+            },
             "cgroup": f"{CGROUP_PARENT}/<container id>, like the container platform's",
             "limits": limits_record(
                 ctx.limits if ctx else Limits(), "config.json linux.resources (cpu.cpus, memory)"
