@@ -62,7 +62,7 @@ class Platform(Protocol):
     def launch_burst(self, count: int) -> Burst:
         """count cold starts of /bin/true launched at once, each timed to its exit.
 
-        Raises burst.NotApplicable (recorded with the sample) where the platform cannot.
+        Raises errors.NotApplicable (recorded with the sample) where the platform cannot.
         """
 
     def teardown(self) -> None:

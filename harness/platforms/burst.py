@@ -18,16 +18,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from harness.errors import EnvironmentError_, IsobenchError
+from harness.errors import EnvironmentError_
 
 BURST_SIZE = 20
 BURST_TIMEOUT_S = 120.0  # a burst of /bin/true that takes this long has hung
-
-
-class NotApplicable(IsobenchError):
-    """The platform cannot take this measurement here; the message says why (recorded, not fatal)."""
-
-    exit_code = 3
 
 
 @dataclass(frozen=True)

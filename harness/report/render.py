@@ -168,6 +168,10 @@ def _parts(a: RunAnalysis) -> list[Part]:
         parts.append(
             Table("Skipped platforms", ("platform", "reason"), sorted(run.skipped.items()))
         )
+    if a.not_applicable:
+        parts.append(
+            Table("Not applicable", ("platform", "benchmark", "why"), list(a.not_applicable))
+        )
     if a.failed:
         header = ("block", "platform", "benchmark", "exit code", "error")
         failed = [

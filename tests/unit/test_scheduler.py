@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ContainerError, UserError
+from harness.errors import ContainerError, NotApplicable, UserError
 from harness.platforms.base import Outcome, RunContext
-from harness.platforms.burst import BURST_SIZE, Burst, NotApplicable
+from harness.platforms.burst import BURST_SIZE, Burst
 from harness.results import WARMUP_BLOCK, ResultFile, RunHeader
 from harness.scheduler import (
     STARTUP_WORKLOAD,
