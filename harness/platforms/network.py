@@ -39,11 +39,11 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from harness.errors import EnvironmentError_, StateError
+from harness.errors import EnvironmentError_, NotApplicable, StateError
 from harness.image.store import ImageStore
 from harness.platforms.bare import BarePlatform
 from harness.platforms.base import Limits, Outcome, RunContext
-from harness.platforms.peer import NotApplicable, run_with_peer
+from harness.platforms.peer import run_with_peer
 from harness.runtime.state import proc_start_time
 from harness.workloads.base import Workload
 

@@ -38,12 +38,6 @@ class PeerError(IsobenchError):
     exit_code = 3
 
 
-class NotApplicable(IsobenchError):
-    """This platform cannot run this benchmark here; the message says why (exit 3)."""
-
-    exit_code = 3
-
-
 def tcp_local_key(address: str, port: int) -> str:
     """How /proc/net/tcp spells a local IPv4 address and port ("0100007F:3B71" for 127.0.0.1:15217)."""
     packed = socket.inet_aton(address)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import EnvironmentError_
+from harness.errors import EnvironmentError_, NotApplicable
 from harness.platforms.base import Outcome
 from harness.platforms.network import (
     IFNAMSIZ,
@@ -20,7 +20,7 @@ from harness.platforms.network import (
     slot_addresses,
     veth_names,
 )
-from harness.platforms.peer import NotApplicable, PeerError, listening, run_with_peer, tcp_local_key
+from harness.platforms.peer import PeerError, listening, run_with_peer, tcp_local_key
 from harness.workloads import BENCHMARKS
 from harness.workloads.base import PEER, Workload
 from harness.workloads.network import probe_tcp_rr
