@@ -157,7 +157,7 @@ def rtt(mechanism: str, profile: str) -> Workload:
 # Repetitions of the four kernels, the first discarded (STREAM's NTIMES). Three
 # arrays of memory_array_mib() each (128 MiB here): one repetition moves 10 arrays,
 # about 50 ms at 25 GB/s, plus the first touch of 384 MiB.
-STREAM_NTIMES = {"smoke": 2, "quick": 15, "full": 100}
+STREAM_NTIMES = {"smoke": 2, "quick": 10, "full": 100}
 STREAM_METRICS = tuple(
     Metric(f"{kernel}_mb_s", "MB/s", higher_is_better=True) for kernel in KERNELS
 )

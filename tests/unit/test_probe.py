@@ -140,7 +140,7 @@ def test_stream_workload(monkeypatch: pytest.MonkeyPatch) -> None:
         "add_mb_s": 6452.6,
         "triad_mb_s": 11268.8,
     }
-    with pytest.raises(ParseError, match="ntimes=2, asked for 15"):
+    with pytest.raises(ParseError, match="ntimes=2, asked for 10"):
         stream("quick").parse(captured("probe-stream.txt"))
     monkeypatch.setattr("harness.workloads.probe.memory_array_mib", lambda: 64)
     with pytest.raises(ParseError, match="array_mib=128, asked for 64"):
