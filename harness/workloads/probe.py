@@ -42,13 +42,12 @@ REQUIRED = {"rtt": RTT_KEYS, "tcp-rr": RTT_KEYS, "stream": STREAM_KEYS}
 TEXT_KEYS = ("probe", "mech")
 
 
-def parse_probe_line(
-    text: str, *, probe: str | None = None, mech: str | None = None
-) -> dict[str, float]:
-    """The numbers of isobench-probe's result line; ParseError when it is missing or incomplete.
+def probe_fields(text: str, *, probe: str | None = None, mech: str | None = None) -> dict[str, str]:
+    """Every key=value of isobench-probe's result line, probe and mech included, as text.
 
-    probe and mech, when given, must match the line's own (a check that the output
-    is the run that was asked for).
+    ParseError when the line is missing, malformed or lacks a key its probe kind
+    prints; probe and mech, when given, must match the line's own (a check that
+    the output is the run that was asked for).
     """
     lines = [line for line in text.splitlines() if line.startswith("probe=")]
     if not lines:
@@ -74,8 +73,15 @@ def parse_probe_line(
     missing = [key for key in REQUIRED[kind] if key not in fields]
     if missing:
         raise ParseError(f"isobench-probe {kind} result line has no {', '.join(missing)}")
+    return fields
+
+
+def parse_probe_line(
+    text: str, *, probe: str | None = None, mech: str | None = None
+) -> dict[str, float]:
+    """The numbers of isobench-probe's result line (probe_fields without probe and mech)."""
     values: dict[str, float] = {}
-    for key, value in fields.items():
+    for key, value in probe_fields(text, probe=probe, mech=mech).items():
         if key in TEXT_KEYS:
             continue
         try:
@@ -93,17 +99,18 @@ def _fixed_work(values: dict[str, float], key: str, asked: int) -> None:
 
 # ---------------------------------------------------------------- IPC round trips
 
-# Mechanism -> (message bytes, round trips per profile). quick is about 1 s here
-# (one round trip 6 us for a pipe to 14 us for TCP, both ends on one CPU). sem and
+# Mechanism -> (message bytes, round trips per profile). quick is about 0.6 s here, the
+# suite's quick budget (one round trip 5 us for a pipe to 14 us for TCP, both ends on
+# one CPU), and full 10x quick. sem and
 # signal carry no payload: a semaphore post and a signal are the message.
 RTT: dict[str, tuple[int, dict[str, int]]] = {
-    "pipe": (1, {"smoke": 2_000, "quick": 150_000, "full": 1_500_000}),
-    "unix": (1, {"smoke": 2_000, "quick": 100_000, "full": 1_000_000}),  # socketpair
-    "tcp": (1, {"smoke": 2_000, "quick": 60_000, "full": 600_000}),  # 127.0.0.1, TCP_NODELAY
-    "shm": (1, {"smoke": 2_000, "quick": 150_000, "full": 1_500_000}),  # futex word
-    "mq": (1, {"smoke": 2_000, "quick": 130_000, "full": 1_300_000}),  # POSIX queues
-    "sem": (0, {"smoke": 2_000, "quick": 150_000, "full": 1_500_000}),  # System V
-    "signal": (0, {"smoke": 2_000, "quick": 130_000, "full": 1_300_000}),  # SIGUSR1
+    "pipe": (1, {"smoke": 2_000, "quick": 100_000, "full": 1_000_000}),
+    "unix": (1, {"smoke": 2_000, "quick": 60_000, "full": 600_000}),  # socketpair
+    "tcp": (1, {"smoke": 2_000, "quick": 40_000, "full": 400_000}),  # 127.0.0.1, TCP_NODELAY
+    "shm": (1, {"smoke": 2_000, "quick": 100_000, "full": 1_000_000}),  # futex word
+    "mq": (1, {"smoke": 2_000, "quick": 80_000, "full": 800_000}),  # POSIX queues
+    "sem": (0, {"smoke": 2_000, "quick": 100_000, "full": 1_000_000}),  # System V
+    "signal": (0, {"smoke": 2_000, "quick": 80_000, "full": 800_000}),  # SIGUSR1
 }
 RTT_METRICS = (
     Metric("p50_us", "us", higher_is_better=False),
@@ -156,8 +163,9 @@ def rtt(mechanism: str, profile: str) -> Workload:
 
 # Repetitions of the four kernels, the first discarded (STREAM's NTIMES). Three
 # arrays of memory_array_mib() each (128 MiB here): one repetition moves 10 arrays,
-# about 50 ms at 25 GB/s, plus the first touch of 384 MiB.
-STREAM_NTIMES = {"smoke": 2, "quick": 10, "full": 100}
+# about 60 ms at 25 GB/s, after the first touch of 384 MiB (about 0.25 s): quick is
+# about 0.6 s here.
+STREAM_NTIMES = {"smoke": 2, "quick": 6, "full": 100}
 STREAM_METRICS = tuple(
     Metric(f"{kernel}_mb_s", "MB/s", higher_is_better=True) for kernel in KERNELS
 )

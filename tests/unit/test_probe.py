@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from harness.workloads import BENCHMARKS, ParseError
-from harness.workloads.probe import RTT, RTT_KEYS, STREAM_KEYS, parse_probe_line, rtt, stream
+from harness.workloads.probe import (
+    RTT,
+    RTT_KEYS,
+    STREAM_KEYS,
+    parse_probe_line,
+    probe_fields,
+    rtt,
+    stream,
+)
 from harness.workloads.sizing import memory_array_mib
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -48,6 +56,13 @@ def test_tcp_rr_line_has_the_rtt_keys() -> None:
     values = parse_probe_line(captured("probe-tcp-rr.txt"), probe="tcp-rr", mech="tcp")
     assert set(values) == set(RTT_KEYS)
     assert (values["iters"], values["bytes"], values["p50_ns"]) == (2000.0, 64.0, 16505.0)
+
+
+def test_fields_keep_probe_and_mech_as_text() -> None:
+    fields = probe_fields(captured("probe-tcp-rr.txt"), probe="tcp-rr")
+    assert (fields["probe"], fields["mech"], fields["p50_ns"]) == ("tcp-rr", "tcp", "16505")
+    with pytest.raises(ParseError, match="no min_ns, max_ns, roundtrips_per_s"):
+        probe_fields(captured("probe-rtt-truncated.txt"))
 
 
 def test_stream_line() -> None:
@@ -120,7 +135,7 @@ def test_rtt_workload_reports_microseconds(mech: str) -> None:
 
 
 def test_rtt_workload_refuses_other_work() -> None:
-    with pytest.raises(ParseError, match="iters=2000, asked for 150000"):
+    with pytest.raises(ParseError, match="iters=2000, asked for 100000"):
         rtt("pipe", "quick").parse(captured("probe-rtt-pipe.txt"))
     with pytest.raises(ParseError, match="mech=pipe, expected unix"):
         rtt("unix", "smoke").parse(captured("probe-rtt-pipe.txt"))
@@ -140,7 +155,7 @@ def test_stream_workload(monkeypatch: pytest.MonkeyPatch) -> None:
         "add_mb_s": 6452.6,
         "triad_mb_s": 11268.8,
     }
-    with pytest.raises(ParseError, match="ntimes=2, asked for 10"):
+    with pytest.raises(ParseError, match="ntimes=2, asked for 6"):
         stream("quick").parse(captured("probe-stream.txt"))
     monkeypatch.setattr("harness.workloads.probe.memory_array_mib", lambda: 64)
     with pytest.raises(ParseError, match="array_mib=128, asked for 64"):
