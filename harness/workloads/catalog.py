@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from harness.errors import UserError
 from harness.workloads.base import Metric, Workload
-from harness.workloads.network import iperf3_host, iperf3_loopback
+from harness.workloads.network import iperf3_host, iperf3_loopback, probe_tcp_rr
 from harness.workloads.parsers import (
     ParseError,
     parse_sysbench_cpu,
@@ -22,7 +22,7 @@ from harness.workloads.parsers import (
     parse_sysbench_memory,
     select,
 )
-from harness.workloads.probe import rtt, stream
+from harness.workloads.probe import probe_fields, rtt, stream
 from harness.workloads.sizing import TIMEOUT_S, check_profile, memory_array_mib
 from harness.workloads.storage import VOLUME_DIR, fio_workload
 from harness.workloads.stressng import ipc, matrix, randlist
@@ -203,6 +203,7 @@ BENCHMARKS: dict[str, Factory] = {
     "network.iperf3.loopback": iperf3_loopback,
     "network.iperf3.to-host": lambda p: iperf3_host(p, reverse=False),
     "network.iperf3.from-host": lambda p: iperf3_host(p, reverse=True),
+    "network.probe.tcp-rr": lambda p: probe_tcp_rr(p, probe_fields),
 }
 
 

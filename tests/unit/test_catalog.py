@@ -61,6 +61,7 @@ CAPTURED = {
     "network.iperf3.loopback": "iperf3/loopback.json",
     "network.iperf3.to-host": "iperf3/to-host.json",
     "network.iperf3.from-host": "iperf3/from-host.json",
+    "network.probe.tcp-rr": "probe-tcp-rr.txt",
 }
 
 
@@ -377,7 +378,11 @@ def test_every_benchmark_runs_at_smoke_size_on_this_host(tmp_path: Path) -> None
         # A host-side server (network benchmarks) listens on loopback, as on bare.
         bound = bind_scratch(workload, str(scratch)).with_peer("127.0.0.1")
         bound = dataclasses.replace(
-            bound, argv=(own.get(bound.argv[0], bound.argv[0]), *bound.argv[1:])
+            bound,
+            argv=(own.get(bound.argv[0], bound.argv[0]), *bound.argv[1:]),
+            peer_argv=(own.get(bound.peer_argv[0], bound.peer_argv[0]), *bound.peer_argv[1:])
+            if bound.peer_argv
+            else None,
         )
         t0 = time.monotonic()
         server = (
