@@ -10,9 +10,6 @@ from harness.enforcement.adapters import Adapter
 from harness.enforcement.jobs import run_jobs
 from harness.enforcement.model import Finished, Job, Record
 
-MIB = 1 << 20
-PERIOD_US = 100_000
-
 
 @dataclass(frozen=True)
 class Durations:

@@ -112,10 +112,12 @@ class Sampler:
 
 
 def host_busy_cpus(before: tuple[int, int], after: tuple[int, int]) -> float:
-    """CPUs kept busy on the whole host between two cpu_times() readings (jiffies)."""
-    busy = after[0] - before[0]
+    """CPUs kept busy on the whole host between two cpu_times() readings."""
+    ncpu = os.cpu_count() or 1
     total = after[1] - before[1]
-    return os.cpu_count() or 1 if total <= 0 else busy / total * (os.cpu_count() or 1)
+    if total <= 0:
+        return 0.0
+    return (after[0] - before[0]) / total * ncpu
 
 
 def cpu_times() -> tuple[int, int]:

@@ -6,12 +6,14 @@ import math
 import os
 import re
 
+from harness.enforcement import requests as rq
 from harness.enforcement import verdicts as v
 from harness.enforcement.adapters import Adapter
-from harness.enforcement.env import MIB, PERIOD_US, Env, last, one, record
+from harness.enforcement.env import Env, last, one, record
 from harness.enforcement.jobs import run_jobs, shell
 from harness.enforcement.model import FAIL, PASS, Job, Record, not_applicable
-from harness.enforcement.sampler import percpu_ns
+from harness.enforcement.requests import MIB, PERIOD_US
+from harness.enforcement.sampler import cpu_times, host_busy_cpus, percpu_ns
 
 # ------------------------------------------------------------------ memory
 
@@ -21,7 +23,7 @@ def memory_hard_limit(adapter: Adapter, env: Env) -> list[Record]:
     limit = 64 * MIB
     setup = "memory.limit 64 MiB, swap = limit (none); busybox dd touches a 256 MiB buffer"
     job = Job("oom", shell("dd if=/dev/zero of=/dev/null bs=256M count=1"),
-              {"memory": {"limit": limit, "swap": limit}},
+              rq.memory_limit(limit),
               columns=("memory_peak_bytes", "memory_oom_kill"),
               effective_files=("memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.max", "memory.swap.max"))  # fmt: skip
     done = one(adapter, env, job)
@@ -65,7 +67,7 @@ def memory_high(adapter: Adapter, env: Env) -> list[Record]:
         return [not_applicable("memory.high", adapter.name, reason, setup)]
     high = 32 * MIB
     job = Job("high", shell("dd if=/dev/zero of=/var/tmp/f bs=1M count=128 && cat /var/tmp/f > /dev/null; rm -f /var/tmp/f"),
-              {"unified": {"memory.high": str(high)}},
+              rq.memory_high(high),
               columns=("memory_high_events", "memory_oom_kill"), effective_files=("memory.high",))  # fmt: skip
     done = one(adapter, env, job)
     mem = [x for x in done.series["memory_bytes"] if x is not None]
@@ -86,18 +88,25 @@ def _cpu_quota(adapter: Adapter, env: Env, cpus: float) -> Record:
     workers = min(os.cpu_count() or 1, math.ceil(cpus) + 1)
     setup = f"cpu.cfs_quota_us {int(cpus * PERIOD_US)} / period {PERIOD_US}; stress-ng --cpu {workers} for {duration:g} s; first 1 s excluded"  # fmt: skip
     job = Job(f"quota{cpus:g}", shell(f"stress-ng --cpu {workers} -t {duration:g}s"),
-              {"cpu": {"quota": int(cpus * PERIOD_US), "period": PERIOD_US}},
+              rq.cpu_quota(cpus),
               columns=("cpu_nr_throttled",),
               effective_files=("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.max"))  # fmt: skip
+    before = cpu_times()
     done = one(adapter, env, job)
+    host_busy = host_busy_cpus(before, cpu_times())
     rate = v.steady_rate(done.series["t_s"], done.series["cpu_ns"], 0.1e9, 1.0)
     if rate is None:
         return record(test, adapter, done, verdict=FAIL, reason="the load used no CPU", requested=cpus,
                        unit="CPUs", tolerance_pct=5.0, setup=setup)  # fmt: skip
     used = rate[0] / 1e9
     verdict, reason = v.cpu_quota_verdict(used, cpus, 5.0, last(done.series, "cpu_nr_throttled"))
+    # Over the whole job (ramp and tail included): what the rest of the host used meanwhile.
+    cpu = [x for x in done.series["cpu_ns"] if x is not None]
+    ours = (cpu[-1] - cpu[0]) / 1e9 / done.wall_s if len(cpu) > 1 and done.wall_s > 0 else 0.0
+    others = max(0.0, host_busy - ours)
+    reason += v.contention_note(others, os.cpu_count() or 1, cpus, verdict)
     return record(test, adapter, done, verdict=verdict, reason=reason, requested=cpus, measured=used,
-                   unit="CPUs", tolerance_pct=5.0, details={"window_s": [rate[1], rate[2]]}, setup=setup)  # fmt: skip
+                   unit="CPUs", tolerance_pct=5.0, details={"window_s": [rate[1], rate[2]], "host_other_cpus": others}, setup=setup)  # fmt: skip
 
 
 def cpu_quota(adapter: Adapter, env: Env) -> list[Record]:
@@ -111,7 +120,7 @@ def cpu_weight(adapter: Adapter, env: Env) -> list[Record]:
     cpu = str(max(os.sched_getaffinity(0)))
     setup = f"cpu.shares 1024:2048:3072, all on cpuset {cpu}, stress-ng --cpu 1 each for {duration:g} s at once; first 1 s excluded"  # fmt: skip
     jobs = [(Job(f"weight{k}", shell(f"stress-ng --cpu 1 -t {duration:g}s"),
-                 {"cpu": {"shares": 1024 * k, "cpus": cpu}},
+                 rq.cpu_shares(1024 * k, cpu),
                  effective_files=("cpu.shares", "cpu.weight", "cpuset.cpus")),
              env.instance(f"weight{k}")) for k in (1, 2, 3)]  # fmt: skip
     done = run_jobs(adapter, jobs)
@@ -152,7 +161,7 @@ def cpuset(adapter: Adapter, env: Env) -> list[Record]:
         f"cpuset.cpus {wanted}; Cpus_allowed_list read inside, stress-ng --cpu 2 for {duration:g} s"
     )
     job = Job("cpuset", shell(f"grep Cpus_allowed_list /proc/self/status; stress-ng --cpu 2 -t {duration:g}s"),
-              {"cpu": {"cpus": str(wanted)}}, columns=("percpu_ns",), effective_files=("cpuset.cpus",))  # fmt: skip
+              rq.cpuset(str(wanted)), columns=("percpu_ns",), effective_files=("cpuset.cpus",))  # fmt: skip
     done = run_jobs(
         adapter, [(job, env.instance("cpuset"))], extra=lambda m: {"percpu_ns": percpu_ns(m)}
     )[0]

@@ -6,15 +6,15 @@ import os
 import re
 import time
 
+from harness.enforcement import requests as rq
 from harness.enforcement import verdicts as v
 from harness.enforcement.adapters import IO_DEVICE, Adapter, Launched
-from harness.enforcement.env import MIB, Env, one, record
+from harness.enforcement.env import Env, one, record
 from harness.enforcement.jobs import run_jobs, shell
 from harness.enforcement.model import FAIL, PASS, Job, Record, not_applicable
 from harness.enforcement.sampler import Sampler
 
-PIDS_LIMIT = 32
-IO_RATE = 10 * MIB
+PIDS_LIMIT = rq.PIDS_LIMIT
 EAGAIN_TEXT = "Resource temporarily unavailable"
 
 
@@ -24,7 +24,7 @@ def pids(adapter: Adapter, env: Env) -> list[Record]:
         f"pids.max {PIDS_LIMIT}; a subshell forks 64 `sleep 5` in the background, then 1.5 s idle"
     )
     job = Job("pids", shell("(for i in $(seq 64); do sleep 5 & done); sleep 1.5"),
-              {"pids": {"limit": PIDS_LIMIT}}, columns=("pids_current",), effective_files=("pids.max",))  # fmt: skip
+              rq.pids(PIDS_LIMIT), columns=("pids_current",), effective_files=("pids.max",))  # fmt: skip
     done = one(adapter, env, job)
     counts = [x for x in done.series["pids_current"] if x is not None]
     peak = max(counts) if counts else None
@@ -44,25 +44,24 @@ def _io(adapter: Adapter, env: Env, direction: str) -> Record:
         return not_applicable(test, adapter.name, reason, setup)
 
     rdev = os.stat(env.io_device).st_rdev
-    dev = {"major": os.major(rdev), "minor": os.minor(rdev)}
-    key = "throttleReadBpsDevice" if direction == "read" else "throttleWriteBpsDevice"
     rw = "read" if direction == "read" else "write"
     column = "io_read_bytes" if direction == "read" else "io_write_bytes"
     job = Job(f"io{direction}",
               shell(f"fio --name={rw} --filename={IO_DEVICE} --direct=1 --rw={rw} --bs=64k --ioengine=psync "
                     f"--runtime={duration:g} --time_based --output-format=terse --terse-version=3"),
-              {"blockIO": {key: [{**dev, "rate": IO_RATE}]},
-               "devices": [{"allow": True, "type": "b", **dev, "access": "rw"}]},
+              rq.io_throttle(direction, os.major(rdev), os.minor(rdev)),
               block_device=env.io_device, columns=(column,),
               effective_files=(f"blkio.throttle.{direction}_bps_device", "io.max"))  # fmt: skip
     done = one(adapter, env, job)
-    rate = v.steady_rate(done.series["t_s"], [x or 0 for x in done.series[column]], 0.5 * MIB, 1.0)
+    rate = v.steady_rate(
+        done.series["t_s"], [x or 0 for x in done.series[column]], 0.5 * rq.MIB, 1.0
+    )
     if rate is None:
         return record(test, adapter, done, verdict=FAIL, unit="MiB/s", tolerance_pct=10.0, requested=10.0,
                       reason=f"no IO was seen in the cgroup (fio exit {done.exit_code}: {done.stderr.strip()[-200:]})",
                       setup=setup)  # fmt: skip
-    verdict, why = v.tolerance_verdict(f"{direction} rate", rate[0] / MIB, 10.0, 10.0, "MiB/s")
-    return record(test, adapter, done, verdict=verdict, reason=why, requested=10.0, measured=rate[0] / MIB,
+    verdict, why = v.tolerance_verdict(f"{direction} rate", rate[0] / rq.MIB, 10.0, 10.0, "MiB/s")
+    return record(test, adapter, done, verdict=verdict, reason=why, requested=10.0, measured=rate[0] / rq.MIB,
                   unit="MiB/s", tolerance_pct=10.0, details={"window_s": [rate[1], rate[2]]}, setup=setup)  # fmt: skip
 
 

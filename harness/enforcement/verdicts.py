@@ -207,3 +207,14 @@ def value_at(t_s: Sequence[float], values: Sequence[float], when: float) -> floa
             frac = (when - t_s[i - 1]) / span if span > 0 else 1.0
             return float(values[i - 1] + (values[i] - values[i - 1]) * frac)
     return float(values[-1])
+
+
+def contention_note(others_cpus: float, host_cpus: int, quota_cpus: float, verdict: str) -> str:
+    """For a failed CPU test: whether the rest of the host left too little CPU to reach the quota."""
+    left = host_cpus - others_cpus
+    if verdict != FAIL or left >= quota_cpus * 0.95:
+        return ""
+    return (
+        f"; the host was busy: other processes used {others_cpus:.2f} of its {host_cpus} CPUs "
+        f"meanwhile, leaving {left:.2f}, so the quota could not be reached (the host, not the cgroup)"
+    )

@@ -1,0 +1,67 @@
+"""The enforcement tests' requests, parsed as the runtime parses a spec and written by the v2 driver into a fake tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.enforcement import requests as rq
+from harness.enforcement.adapters import select_adapters
+from harness.enforcement.run import exit_code
+from harness.enforcement.suite import select_tests
+from harness.errors import UserError
+from harness.runtime.cgroups import v1, v2
+from harness.runtime.spec_load import _resources
+
+
+def v2_write(tmp_path: Path, request: dict[str, object]) -> Path:
+    """Parse request as linux.resources and let the v2 driver write it under tmp_path."""
+    resources = _resources(request, "linux.resources")
+    assert resources is not None
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "cgroup.controllers").write_text("cpu cpuset memory pids io\n")
+    manager = v2.Manager("/isobench-runtime/ctr", tmp_path)
+    manager.create()
+    manager.set(resources)
+    return tmp_path / "isobench-runtime" / "ctr"
+
+
+def read(path: Path) -> str:
+    return path.read_text().strip()
+
+
+def test_v2_files_for_quota_high_pids_io_and_memory(tmp_path: Path) -> None:
+    d = v2_write(tmp_path / "a", rq.cpu_quota(1.5))
+    assert read(d / "cpu.max") == "150000 100000"
+    d = v2_write(tmp_path / "b", rq.memory_high())
+    assert read(d / "memory.high") == str(32 << 20)
+    d = v2_write(tmp_path / "c", rq.pids())
+    assert read(d / "pids.max") == "32"
+    d = v2_write(tmp_path / "d", rq.io_throttle("write", 7, 3))
+    assert read(d / "io.max") == "7:3 wbps=10485760"
+    d = v2_write(tmp_path / "e", rq.memory_limit())
+    # OCI swap is memory+swap: equal to the limit means no swap at all on v2.
+    assert (read(d / "memory.max"), read(d / "memory.swap.max")) == (str(64 << 20), "0")
+    d = v2_write(tmp_path / "f", rq.cpu_shares(2048, "1"))
+    assert read(d / "cpuset.cpus") == "1"
+    assert int(read(d / "cpu.weight")) > 100  # twice the v1 default maps above the v2 default
+
+
+def test_v1_files_for_the_io_throttle(tmp_path: Path) -> None:
+    resources = _resources(rq.io_throttle("read", 7, 0), "linux.resources")
+    assert resources is not None
+    v1.BlkioGroup().set(str(tmp_path), resources)
+    assert read(tmp_path / "blkio.throttle.read_bps_device") == "7:0 10485760"
+
+
+def test_unknown_names_are_user_errors() -> None:
+    with pytest.raises(UserError, match=r"accepted: memory\.hard_limit"):
+        select_tests(["memory.nope"])
+    with pytest.raises(UserError, match="accepted: container"):
+        select_adapters(["vmware"])
+
+
+def test_exit_code_is_one_only_when_an_applicable_test_failed() -> None:
+    assert exit_code([{"verdict": "pass"}, {"verdict": "not applicable"}]) == 0
+    assert exit_code([{"verdict": "pass"}, {"verdict": "fail"}]) == 1
