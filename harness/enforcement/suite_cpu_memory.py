@@ -82,7 +82,8 @@ def memory_high(adapter: Adapter, env: Env) -> list[Record]:
 # ------------------------------------------------------------------ cpu
 
 
-def _cpu_quota(adapter: Adapter, env: Env, cpus: float) -> Record:
+def cpu_quota_at(adapter: Adapter, env: Env, cpus: float) -> Record:
+    """A quota of cpus CPUs against a hog of one worker more than that: used within 5 %, throttled."""
     test = f"cpu.quota.{cpus:g}"
     duration = env.durations.cpu_quota_s
     workers = min(os.cpu_count() or 1, math.ceil(cpus) + 1)
@@ -111,7 +112,7 @@ def _cpu_quota(adapter: Adapter, env: Env, cpus: float) -> Record:
 
 def cpu_quota(adapter: Adapter, env: Env) -> list[Record]:
     """Quota of 0.5 and of 1.5 CPUs against a hog: CPU used within 5 %, throttled."""
-    return [_cpu_quota(adapter, env, 0.5), _cpu_quota(adapter, env, 1.5)]
+    return [cpu_quota_at(adapter, env, 0.5), cpu_quota_at(adapter, env, 1.5)]
 
 
 def cpu_weight(adapter: Adapter, env: Env) -> list[Record]:

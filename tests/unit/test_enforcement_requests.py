@@ -65,3 +65,22 @@ def test_unknown_names_are_user_errors() -> None:
 def test_exit_code_is_one_only_when_an_applicable_test_failed() -> None:
     assert exit_code([{"verdict": "pass"}, {"verdict": "not applicable"}]) == 0
     assert exit_code([{"verdict": "pass"}, {"verdict": "fail"}]) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--bench", "enforce,cpu"], "--bench enforce is a run of its own"),
+        (["--bench", "enforce", "--blocks", "3"], "--bench enforce is a run of its own"),
+        (["--bench", "enforce", "--platform", "nope"], "unknown platform 'nope'"),
+    ],
+)
+def test_enforce_cli_bad_input_is_one_line_exit_2(
+    argv: list[str], problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.cli import main
+
+    assert main(["run", *argv, "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and err.count("\n") == 1 and "accepted" in err
+    assert not (tmp_path / "r").exists()  # nothing left behind
