@@ -40,3 +40,23 @@ def loop_device(workdir: Path, run_id: str) -> Iterator[tuple[str | None, str]]:
     finally:
         subprocess.run([losetup, "-d", device], capture_output=True, check=False, timeout=30)
         backing.unlink(missing_ok=True)
+
+
+def detach_loops_under(directory: Path) -> list[str]:
+    """Detach every loop device whose backing file is below directory (a killed run's); their names."""
+    losetup = shutil.which("losetup")
+    if losetup is None:
+        return []
+    listing = subprocess.run(
+        [losetup, "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    prefix = str(directory).rstrip("/") + "/"
+    detached = []
+    for line in listing.stdout.splitlines():
+        name, _, backing = line.strip().partition(" ")
+        backing = backing.strip().removesuffix(" (deleted)")
+        if backing.startswith(prefix):
+            subprocess.run([losetup, "-d", name], capture_output=True, check=False, timeout=30)
+            detached.append(name)
+    return detached

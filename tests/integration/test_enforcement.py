@@ -106,3 +106,24 @@ def test_enforce_run_writes_records_into_the_results_file(
         section["run_id"]
         not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     )
+
+
+def test_loop_device_is_detached_at_the_end_and_by_the_sweep(base: Path) -> None:
+    from harness.enforcement.iodev import detach_loops_under, loop_device
+
+    def attached(directory: Path) -> bool:
+        listing = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+        return str(directory) in listing
+
+    workdir = Path(tempfile.mkdtemp(dir=base))
+    with loop_device(workdir, "t1") as (device, why):
+        assert device is not None, why
+        assert attached(workdir)
+    assert not attached(workdir) and list(workdir.iterdir()) == []
+    # What a SIGKILLed run leaves: a loop device over a file in its workdir; cleanup's sweep detaches it.
+    backing = workdir / "isobench-io-t2.img"
+    backing.write_bytes(b"\0" * (1 << 20))
+    subprocess.run(["losetup", "--find", str(backing)], check=True)
+    assert attached(workdir)
+    assert len(detach_loops_under(workdir)) == 1
+    assert not attached(workdir)

@@ -84,3 +84,33 @@ def test_enforce_cli_bad_input_is_one_line_exit_2(
     err = capsys.readouterr().err
     assert problem in err and err.count("\n") == 1 and "accepted" in err
     assert not (tmp_path / "r").exists()  # nothing left behind
+
+
+def test_a_platform_without_an_adapter_gets_not_applicable_records(tmp_path: Path) -> None:
+    from harness.enforcement.env import PROFILE_DURATIONS, Env
+    from harness.enforcement.run import _run_platform
+    from harness.platforms.base import RunContext
+
+    class Results:
+        def __init__(self) -> None:
+            self.records: list[dict[str, object]] = []
+
+        def add_enforcement(self, record: dict[str, object]) -> None:
+            self.records.append(record)
+
+    results = Results()
+    ctx = RunContext(image_ref="x", image_digest="", run_id="r", workdir=tmp_path)
+    made = _run_platform(
+        None,
+        "vm",
+        select_tests(["pids", "io"]),
+        Env(PROFILE_DURATIONS["smoke"], None),
+        ctx,
+        results,
+    )
+    assert [(r.test, r.verdict) for r in made] == [
+        ("pids", "not applicable"),
+        ("io", "not applicable"),
+    ]
+    assert all("no enforcement adapter for vm" in r.reason for r in made)
+    assert [r["test"] for r in results.records] == ["pids", "io"]
