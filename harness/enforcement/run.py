@@ -54,6 +54,7 @@ def run_enforcement(
     workdir = Path(tempfile.mkdtemp(prefix=f"{runner.WORKDIR_PREFIX}{os.getpid()}-{run_id}-"))
     print(f"isobench: enforce, profile {profile}: {describe_durations(durations)}", file=sys.stderr)
     records: list[Record] = []
+    results = None
     try:
         ctx = RunContext(image_ref=image_ref, image_digest=digest, run_id=run_id, workdir=workdir)
         results = runner._new_results(
@@ -66,6 +67,10 @@ def run_enforcement(
                 made = _run_platform(adapter, name, chosen, env, ctx, results)
                 records.extend(made)
         results.finish("complete")
+    except KeyboardInterrupt:
+        if results is not None:
+            results.finish("interrupted")
+        raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return results.path, records

@@ -89,13 +89,15 @@ class Sampler:
             if not self._manager.exists():
                 return
             stats = self._manager.stats()
-            if not self.effective and self._files:
-                self.effective = {n: v for n in self._files if (v := cgroup_file(self._manager, n)) is not None}  # fmt: skip
+            # Read at every sample, the last reading kept: the first samples can come before
+            # the platform has written the limits into the new cgroup.
+            effective = {n: v for n in self._files if (v := cgroup_file(self._manager, n)) is not None}  # fmt: skip
             extra = self._extra(self._manager) if self._extra else {}
         except (IsobenchError, OSError, ValueError):
             return  # the cgroup went away while being read
         values = asdict(stats)
         self.last = stats
+        self.effective = effective or self.effective
         self.series["t_s"].append(round(t, 4))
         for column in self._columns:
             value = extra[column] if column in extra else values.get(_COLUMN_OF.get(column, column))
