@@ -67,7 +67,7 @@ def run_enforcement(
                 made = _run_platform(adapter, name, chosen, env, ctx, results)
                 records.extend(made)
         results.finish("complete")
-    except KeyboardInterrupt:
+    except BaseException:
         if results is not None:
             results.finish("interrupted")
         raise
@@ -116,6 +116,9 @@ def _run_platform(
                     got = [
                         Record(test=test_name, platform=name, verdict=FAIL, reason=f"error: {exc}")
                     ]
+                except Exception as exc:  # a bug must not lose the other tests' records
+                    why = f"internal error (a bug in isobench): {type(exc).__name__}: {exc}"
+                    got = [Record(test=test_name, platform=name, verdict=FAIL, reason=why)]
             for record in got:
                 results.add_enforcement(record.to_json())
                 print(

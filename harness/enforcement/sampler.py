@@ -86,7 +86,9 @@ class Sampler:
         """Take one sample now (no-op while the cgroup does not exist)."""
         t = self.now_s()
         try:
-            if not self._manager.exists():
+            # Every hierarchy's directory, not just one: on v1 a platform makes them one by
+            # one, and removes them one by one, and a half-made cgroup has half its counters.
+            if not all(os.path.isdir(d) for d in self._manager.paths().values()):
                 return
             stats = self._manager.stats()
             # Read at every sample, the last reading kept: the first samples can come before
@@ -96,6 +98,8 @@ class Sampler:
         except (IsobenchError, OSError, ValueError):
             return  # the cgroup went away while being read
         values = asdict(stats)
+        if values["cpu_usage_total_ns"] is None or values["memory_current_bytes"] is None:
+            return  # the base columns are never None in a recorded sample
         self.last = stats
         self.effective = effective or self.effective
         self.series["t_s"].append(round(t, 4))

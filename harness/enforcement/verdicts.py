@@ -38,7 +38,7 @@ def active_window(
         i
         for i in range(1, len(t_s))
         if t_s[i] > t_s[i - 1] and (values[i] - values[i - 1]) / (t_s[i] - t_s[i - 1]) > min_rate
-    ]
+    ]  # the sampler records a sample only once the cgroup's counters are all readable
     if not fast:
         return None
     return fast[0] - 1, fast[-1]
@@ -68,9 +68,10 @@ def steady_rate(
 def hold_delta(values: Sequence[float]) -> tuple[float, float, float] | None:
     """(plateau - baseline, baseline, plateau) of a gauge that rises to a plateau and falls back.
 
-    baseline: the median of the (up to 5) samples before the rise (the rise is
-    the first sample above half-way to the maximum); plateau: the median of the
-    samples from the rise on that stay above 90 % of the way up.
+    baseline: the median of the samples before the rise (the first sample above
+    half-way to the maximum) that stay within 5 % of the way up, so the ramp of
+    the allocation is not in it; plateau: the median of the samples from the
+    rise on that stay above 90 % of the way up.
     """
     if len(values) < 3:
         return None
@@ -80,7 +81,7 @@ def hold_delta(values: Sequence[float]) -> tuple[float, float, float] | None:
     rise = next(i for i, v in enumerate(values) if v > low + (high - low) / 2)
     if rise == 0:
         return None
-    baseline = statistics.median(values[max(0, rise - 5) : rise])
+    baseline = statistics.median([v for v in values[:rise] if v <= low + 0.05 * (high - low)])
     top = [v for v in values[rise:] if v >= baseline + 0.9 * (high - baseline)]
     plateau = statistics.median(top)
     return plateau - baseline, baseline, plateau

@@ -141,3 +141,10 @@ def test_record_refuses_an_unknown_verdict_and_checks_loaded_ones() -> None:
         check_record({**good, "verdict": "maybe"}, "x")
     with pytest.raises(ValueError, match="has no 'series'"):
         check_record({k: val for k, val in good.items() if k != "series"}, "x")
+
+
+def test_hold_delta_leaves_the_allocation_ramp_out_of_the_baseline() -> None:
+    # As sampled on runc: idle at 0.5 MiB, dd starting (3.7), half-way (30.9), then the plateau.
+    series = [2.4] + [0.5] * 18 + [3.7, 30.9] + [50.9] * 50 + [0.6] * 20
+    delta = v.hold_delta(series)
+    assert delta is not None and delta[1] == 0.5 and delta[0] == pytest.approx(50.4)
