@@ -74,15 +74,23 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def cpu_rate(series: dict[str, list[Any]]) -> tuple[list[float], list[float]]:
-    """(times, CPUs used) between consecutive samples of the cgroup's CPU counter."""
-    t, ns = series.get("t_s", []), series.get("cpu_ns", [])
+SMOOTH_S = 0.5  # several CFS periods: a 20 Hz sampling of a 100 ms period otherwise aliases
+
+
+def cpu_rate(
+    series: dict[str, list[Any]], window_s: float = SMOOTH_S
+) -> tuple[list[float], list[float]]:
+    """(times, CPUs used) from the cgroup's CPU counter, each over the window_s before that sample."""
+    pairs = [(t, ns) for t, ns in zip(series.get("t_s", []), series.get("cpu_ns", []), strict=False) if ns is not None]  # fmt: skip
     times, rates = [], []
-    for i in range(1, min(len(t), len(ns))):
-        if ns[i] is None or ns[i - 1] is None or t[i] <= t[i - 1]:
-            continue
-        times.append(t[i])
-        rates.append((ns[i] - ns[i - 1]) / 1e9 / (t[i] - t[i - 1]))
+    start = 0
+    for i in range(1, len(pairs)):
+        while start < i - 1 and pairs[i][0] - pairs[start + 1][0] >= window_s:
+            start += 1
+        dt = pairs[i][0] - pairs[start][0]
+        if dt > 0:
+            times.append(pairs[i][0])
+            rates.append((pairs[i][1] - pairs[start][1]) / 1e9 / dt)
     return times, rates
 
 
@@ -97,7 +105,11 @@ def quota_plot(test: str, records: Sequence[Record]) -> bytes:
     quota = records[0].get("requested")
     if quota is not None:
         ax.axhline(float(quota), color="black", ls="--", lw=1, label=f"quota {quota:g} CPUs")
-    ax.set(title=f"{test}: CPU used vs quota", xlabel="s since launch", ylabel="CPUs")
+    ax.set(
+        title=f"{test}: CPU used vs quota ({SMOOTH_S:g} s windows)",
+        xlabel="s since launch",
+        ylabel="CPUs",
+    )
     ax.legend(fontsize="small")
     return _png(fig)
 
@@ -110,8 +122,13 @@ def memory_plot(test: str, records: Sequence[Record], limit_mib: float | None) -
     for r in records:
         t, mem = r["series"].get("t_s", []), r["series"].get("memory_bytes", [])
         pairs = [(a, b / MIB) for a, b in zip(t, mem, strict=False) if b is not None]
-        ax.plot([p[0] for p in pairs], [p[1] for p in pairs], label=r["platform"],
-                color=colour(str(r["platform"]), order), lw=1)  # fmt: skip
+        line_colour = colour(str(r["platform"]), order)
+        ax.plot([p[0] for p in pairs], [p[1] for p in pairs], label=r["platform"], color=line_colour, lw=1)  # fmt: skip
+        peak = r["series"].get("memory_peak_bytes", [])
+        peaks = [(a, b / MIB) for a, b in zip(t, peak, strict=False) if b is not None]
+        if peaks:  # an OOM kill is quicker than a sample: the kernel's own peak shows it
+            ax.plot([p[0] for p in peaks], [p[1] for p in peaks], color=line_colour, lw=1, ls=":",
+                    label=f"{r['platform']} peak")  # fmt: skip
     if limit_mib is not None:
         ax.axhline(limit_mib, color="black", ls="--", lw=1, label=f"limit {limit_mib:g} MiB")
     ax.set(title=f"{test}: memory vs limit", xlabel="s since launch", ylabel="MiB")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
+
 from harness.enforcement.model import Record
 from harness.report import build_report, load_results, summary_lines
 from harness.report import enforcement as section
@@ -29,6 +31,11 @@ def records() -> list[dict[str, object]]:
 def test_cpu_rate_turns_the_counter_into_cpus() -> None:
     times, rates = section.cpu_rate({"t_s": [0, 0.1, 0.2], "cpu_ns": [0, 5e7, 1e8]})
     assert times == [0.1, 0.2] and rates == [0.5, 0.5]
+    # Smoothed over the window: a counter that alternates fast and slow steps reads its mean.
+    t = [i * 0.05 for i in range(40)]
+    ns = [sum(0.09e9 if k % 2 else 0.01e9 for k in range(i)) for i in range(40)]
+    _, rates = section.cpu_rate({"t_s": t, "cpu_ns": ns}, window_s=0.5)
+    assert rates[-1] == pytest.approx(1.0)
 
 
 def test_matrix_has_a_cell_per_test_and_platform() -> None:
