@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 
 from harness.enforcement import requests as rq
 from harness.enforcement import verdicts as v
@@ -105,14 +106,30 @@ def cpu_quota_at(adapter: Adapter, env: Env, cpus: float) -> Record:
     cpu = [x for x in done.series["cpu_ns"] if x is not None]
     ours = (cpu[-1] - cpu[0]) / 1e9 / done.wall_s if len(cpu) > 1 and done.wall_s > 0 else 0.0
     others = max(0.0, host_busy - ours)
-    reason += v.contention_note(others, os.cpu_count() or 1, cpus, verdict)
+    note = v.contention_note(others, os.cpu_count() or 1, cpus, verdict)
+    reason += note
     return record(test, adapter, done, verdict=verdict, reason=reason, requested=cpus, measured=used,
-                   unit="CPUs", tolerance_pct=5.0, details={"window_s": [rate[1], rate[2]], "host_other_cpus": others}, setup=setup)  # fmt: skip
+                   unit="CPUs", tolerance_pct=5.0, details={"window_s": [rate[1], rate[2]], "host_other_cpus": others, "host_limited": bool(note)}, setup=setup)  # fmt: skip
 
 
 def cpu_quota(adapter: Adapter, env: Env) -> list[Record]:
     """Quota of 0.5 and of 1.5 CPUs against a hog: CPU used within 5 %, throttled."""
-    return [cpu_quota_at(adapter, env, 0.5), cpu_quota_at(adapter, env, 1.5)]
+    return [_retried(adapter, env, 0.5), _retried(adapter, env, 1.5)]
+
+
+HOST_RETRIES = 2  # more attempts when the rest of the host left too little CPU to reach the quota
+
+
+def _retried(adapter: Adapter, env: Env, cpus: float) -> Record:
+    """cpu_quota_at, measured again (after a pause) while a failure is the host's, not the cgroup's."""
+    attempt = cpu_quota_at(adapter, env, cpus)
+    for n in range(HOST_RETRIES):
+        if not attempt.details.get("host_limited"):
+            break
+        time.sleep(2.0)
+        attempt = cpu_quota_at(adapter, env, cpus)
+        attempt.details["attempt"] = n + 2
+    return attempt
 
 
 def cpu_weight(adapter: Adapter, env: Env) -> list[Record]:
