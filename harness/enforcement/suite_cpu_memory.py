@@ -91,36 +91,40 @@ def cpu_quota_at(adapter: Adapter, env: Env, cpus: float) -> Record:
     setup = f"cpu.cfs_quota_us {int(cpus * PERIOD_US)} / period {PERIOD_US}; stress-ng --cpu {workers} for {duration:g} s; first 1 s excluded"  # fmt: skip
     job = Job(f"quota{cpus:g}", shell(f"stress-ng --cpu {workers} -t {duration:g}s"),
               rq.cpu_quota(cpus),
-              columns=("cpu_nr_throttled",),
+              columns=("cpu_nr_throttled", "host_busy_j", "host_total_j"),
               effective_files=("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.max"))  # fmt: skip
-    before = cpu_times()
-    done = one(adapter, env, job)
-    host_busy = host_busy_cpus(before, cpu_times())
+    done = run_jobs(adapter, [(job, env.instance(job.name))], extra=_host_jiffies)[0]
     rate = v.steady_rate(done.series["t_s"], done.series["cpu_ns"], 0.1e9, 1.0)
     if rate is None:
         return record(test, adapter, done, verdict=FAIL, reason="the load used no CPU", requested=cpus,
                        unit="CPUs", tolerance_pct=5.0, setup=setup)  # fmt: skip
     used = rate[0] / 1e9
     verdict, reason = v.cpu_quota_verdict(used, cpus, 5.0, last(done.series, "cpu_nr_throttled"))
-    # Over the whole job (ramp and tail included): what the rest of the host used meanwhile.
-    cpu = [x for x in done.series["cpu_ns"] if x is not None]
-    ours = (cpu[-1] - cpu[0]) / 1e9 / done.wall_s if len(cpu) > 1 and done.wall_s > 0 else 0.0
-    others = max(0.0, host_busy - ours)
+    # What the rest of the host used over the same window: the whole host's busy CPUs minus ours.
+    t = done.series["t_s"]
+    at = [(v.value_at(t, done.series[c], when)) for c in ("host_busy_j", "host_total_j") for when in rate[1:]]  # fmt: skip
+    busy = host_busy_cpus((int(at[0]), int(at[2])), (int(at[1]), int(at[3])))
+    others = max(0.0, busy - used)
     note = v.contention_note(others, os.cpu_count() or 1, cpus, verdict)
     reason += note
     return record(test, adapter, done, verdict=verdict, reason=reason, requested=cpus, measured=used,
                    unit="CPUs", tolerance_pct=5.0, details={"window_s": [rate[1], rate[2]], "host_other_cpus": others, "host_limited": bool(note)}, setup=setup)  # fmt: skip
 
 
+def _host_jiffies(_: object) -> dict[str, int]:
+    busy, total = cpu_times()
+    return {"host_busy_j": busy, "host_total_j": total}
+
+
 def cpu_quota(adapter: Adapter, env: Env) -> list[Record]:
     """Quota of 0.5 and of 1.5 CPUs against a hog: CPU used within 5 %, throttled."""
-    return [_retried(adapter, env, 0.5), _retried(adapter, env, 1.5)]
+    return [cpu_quota_retried(adapter, env, 0.5), cpu_quota_retried(adapter, env, 1.5)]
 
 
 HOST_RETRIES = 2  # more attempts when the rest of the host left too little CPU to reach the quota
 
 
-def _retried(adapter: Adapter, env: Env, cpus: float) -> Record:
+def cpu_quota_retried(adapter: Adapter, env: Env, cpus: float) -> Record:
     """cpu_quota_at, measured again (after a pause) while a failure is the host's, not the cgroup's."""
     attempt = cpu_quota_at(adapter, env, cpus)
     for n in range(HOST_RETRIES):

@@ -23,7 +23,7 @@ from harness.enforcement.adapter_oci import OciAdapter
 from harness.enforcement.adapters import Adapter
 from harness.enforcement.env import Durations, Env
 from harness.enforcement.model import PASS
-from harness.enforcement.suite_cpu_memory import cpu_quota_at, memory_hard_limit
+from harness.enforcement.suite_cpu_memory import cpu_quota_retried, memory_hard_limit
 from harness.enforcement.suite_tasks_io import pids
 from harness.image.store import ImageStore
 from harness.platforms.base import RunContext
@@ -63,7 +63,8 @@ def test_oom_pids_and_cpu_quota_are_enforced(name: str, store: ImageStore, base:
         adapter.prepare(ctx)
         oom = memory_hard_limit(adapter, env)[0]
         tasks = pids(adapter, env)[0]
-        quota = cpu_quota_at(adapter, env, 0.5)
+        # A quarter CPU: other work on a shared 2-CPU machine rarely leaves less than that free.
+        quota = cpu_quota_retried(adapter, env, 0.25)
     finally:
         adapter.teardown()
     assert oom.verdict == PASS, oom.reason
@@ -74,8 +75,11 @@ def test_oom_pids_and_cpu_quota_are_enforced(name: str, store: ImageStore, base:
     assert tasks.measured is not None and 30 <= tasks.measured <= 32
     assert tasks.effective["pids.max"] == "32"
     assert quota.verdict == PASS, quota.reason
-    assert quota.measured == pytest.approx(0.5, rel=0.05)
-    assert quota.effective["cpu.cfs_quota_us"] == "50000"
+    assert quota.measured == pytest.approx(0.25, rel=0.05)
+    assert quota.effective["cpu.cfs_quota_us"] == "25000"
+    assert (
+        quota.series["host_busy_j"][-1] > quota.series["host_busy_j"][0]
+    )  # the host's CPU, sampled alongside
     steps = [b - a for a, b in zip(quota.series["t_s"], quota.series["t_s"][1:], strict=False)]
     assert statistics.median(steps) <= 0.1  # sampled at 10 Hz or faster
     assert _leftovers(run_id) == []
