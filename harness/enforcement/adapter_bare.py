@@ -26,7 +26,7 @@ from harness.platforms.bare import CHROOT, HOST_SH, JOIN_CGROUP, BarePlatform
 from harness.platforms.base import RunContext
 from harness.runtime.cgroups import new_manager
 from harness.runtime.lifecycle import CGROUP_PARENT
-from harness.runtime.spec_load import _resources  # the spec's own linux.resources parser
+from harness.runtime.spec_resources import parse_resources
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -66,7 +66,7 @@ class BareAdapter:
         cgroup.create()
         self._cgroups.append(path)
         wanted = {k: v for k, v in job.resources.items() if k != "devices"}
-        resources = _resources(wanted, "linux.resources")
+        resources = parse_resources(wanted, "linux.resources")
         assert resources is not None  # a dict always parses to Resources
         cgroup.set(resources)
         if job.block_device:

@@ -26,7 +26,7 @@ from harness.platforms.container import ContainerPlatform
 from harness.runtime.cgroups import new_manager
 from harness.runtime.lifecycle import CGROUP_PARENT, Runtime
 from harness.runtime.spec import Device
-from harness.runtime.spec_load import _resources  # the spec's own linux.resources parser
+from harness.runtime.spec_resources import parse_resources
 
 
 class ContainerAdapter:
@@ -76,7 +76,7 @@ class ContainerAdapter:
             assert stat.S_ISBLK(host.st_mode), job.block_device
         linux = dataclasses.replace(
             spec.linux,
-            resources=_resources(job.resources, "linux.resources"),
+            resources=parse_resources(job.resources, "linux.resources"),
             cgroups_path=cgroups_path,
             devices=devices,
         )

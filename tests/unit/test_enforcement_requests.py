@@ -12,12 +12,12 @@ from harness.enforcement.run import exit_code
 from harness.enforcement.suite import select_tests
 from harness.errors import UserError
 from harness.runtime.cgroups import v1, v2
-from harness.runtime.spec_load import _resources
+from harness.runtime.spec_resources import parse_resources
 
 
 def v2_write(tmp_path: Path, request: dict[str, object]) -> Path:
     """Parse request as linux.resources and let the v2 driver write it under tmp_path."""
-    resources = _resources(request, "linux.resources")
+    resources = parse_resources(request, "linux.resources")
     assert resources is not None
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "cgroup.controllers").write_text("cpu cpuset memory pids io\n")
@@ -49,7 +49,7 @@ def test_v2_files_for_quota_high_pids_io_and_memory(tmp_path: Path) -> None:
 
 
 def test_v1_files_for_the_io_throttle(tmp_path: Path) -> None:
-    resources = _resources(rq.io_throttle("read", 7, 0), "linux.resources")
+    resources = parse_resources(rq.io_throttle("read", 7, 0), "linux.resources")
     assert resources is not None
     v1.BlkioGroup().set(str(tmp_path), resources)
     assert read(tmp_path / "blkio.throttle.read_bps_device") == "7:0 10485760"
