@@ -24,9 +24,17 @@ def memory_high(high_bytes: int = HIGH_BYTES) -> Resources:
     return {"unified": {"memory.high": str(high_bytes)}}
 
 
+MAX_SHARES = 262144  # cpu.shares' maximum (v2: cpu.weight 10000)
+
+
 def cpu_quota(cpus: float) -> Resources:
-    """A CFS quota of cpus CPUs per PERIOD_US."""
-    return {"cpu": {"quota": int(cpus * PERIOD_US), "period": PERIOD_US}}
+    """A CFS quota of cpus CPUs per PERIOD_US, at the maximum weight.
+
+    The weight is no cap: without contention it changes nothing. With other
+    work on the host it lets the hog win the CPU it competes for, so the quota
+    (the only cap) is what stops it, and not the neighbours.
+    """
+    return {"cpu": {"quota": int(cpus * PERIOD_US), "period": PERIOD_US, "shares": MAX_SHARES}}
 
 
 def cpu_shares(shares: int, cpuset: str) -> Resources:

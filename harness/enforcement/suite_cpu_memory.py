@@ -88,11 +88,11 @@ def cpu_quota_at(adapter: Adapter, env: Env, cpus: float) -> Record:
     test = f"cpu.quota.{cpus:g}"
     duration = env.durations.cpu_quota_s
     workers = min(os.cpu_count() or 1, math.ceil(cpus) + 1)
-    setup = f"cpu.cfs_quota_us {int(cpus * PERIOD_US)} / period {PERIOD_US}; stress-ng --cpu {workers} for {duration:g} s; first 1 s excluded"  # fmt: skip
+    setup = f"cpu.cfs_quota_us {int(cpus * PERIOD_US)} / period {PERIOD_US}, cpu.shares {rq.MAX_SHARES} (no cap: against neighbours); stress-ng --cpu {workers} for {duration:g} s; first 1 s excluded"  # fmt: skip
     job = Job(f"quota{cpus:g}", shell(f"stress-ng --cpu {workers} -t {duration:g}s"),
               rq.cpu_quota(cpus),
               columns=("cpu_nr_throttled", "host_busy_j", "host_total_j"),
-              effective_files=("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.max"))  # fmt: skip
+              effective_files=("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.max", "cpu.shares", "cpu.weight"))  # fmt: skip
     done = run_jobs(adapter, [(job, env.instance(job.name))], extra=_host_jiffies)[0]
     rate = v.steady_rate(done.series["t_s"], done.series["cpu_ns"], 0.1e9, 1.0)
     if rate is None:

@@ -34,6 +34,7 @@ def read(path: Path) -> str:
 def test_v2_files_for_quota_high_pids_io_and_memory(tmp_path: Path) -> None:
     d = v2_write(tmp_path / "a", rq.cpu_quota(1.5))
     assert read(d / "cpu.max") == "150000 100000"
+    assert read(d / "cpu.weight") == "10000"  # the maximum weight: the quota is the only cap
     d = v2_write(tmp_path / "b", rq.memory_high())
     assert read(d / "memory.high") == str(32 << 20)
     d = v2_write(tmp_path / "c", rq.pids())
