@@ -155,6 +155,9 @@ def cpu_weight(adapter: Adapter, env: Env) -> list[Record]:
                         unit="% of the CPU", tolerance_pct=10.0, setup=setup)]  # fmt: skip
     start = max(d.series["t_s"][w[0]] for d, w in zip(done, windows, strict=True) if w) + 1.0
     end = min(d.series["t_s"][w[1] - 1] for d, w in zip(done, windows, strict=True) if w)
+    if end - start < 1.0:
+        return [record("cpu.weight", adapter, done[0], verdict=FAIL, unit="% of the CPU", tolerance_pct=10.0,
+                       reason=f"the three loads ran together for only {max(0.0, end - start + 1.0):.2f} s", setup=setup)]  # fmt: skip
     used = [v.value_at(d.series["t_s"], d.series["cpu_ns"], end) - v.value_at(d.series["t_s"], d.series["cpu_ns"], start) for d in done]  # fmt: skip
     _, reason, shares = v.weight_verdict(used, weights, 10.0)
     records = []
