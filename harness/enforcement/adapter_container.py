@@ -1,7 +1,7 @@
 """The in-house runtime as an enforcement adapter: the Job's resources go into the container's spec.
 
 Each job is a new container from the image (overlay root, all six
-namespaces), its cgroup `/isobench-runtime/isobench-<run id>-<instance>`
+namespaces; state root under the run's workdir), its cgroup `/isobench-runtime/isobench-<run id>-<instance>`
 written by the runtime's own cgroup driver from the spec, exactly as for any
 container; freeze, thaw and kill are the runtime's pause, resume and kill.
 """
@@ -50,9 +50,12 @@ class ContainerAdapter:
         store = self._store or ImageStore()
         checked_digest(store, ctx)
         self._ctx = ctx
-        self._containers = ImageContainers(store, self._runtime)
         self._dir = ctx.workdir / f"enforce-container-{ctx.run_id}"
         self._dir.mkdir(parents=True, exist_ok=True)
+        # A state root of the run's own: `isobench cleanup` of any other session kills live
+        # isobench-* containers of the default root (a freeze test's container vanished so).
+        self._runtime = Runtime(root=str(self._dir / "state"))
+        self._containers = ImageContainers(store, self._runtime)
 
     def not_applicable(self, feature: str) -> str | None:
         """Everything the cgroup drivers write; memory.high only on cgroup v2."""
@@ -107,6 +110,7 @@ class ContainerAdapter:
             "limits": "linux.resources of the container's spec, written by the runtime's cgroup driver",
             "cgroup": f"{CGROUP_PARENT}/isobench-<run id>-<instance>",
             "freeze/kill": "Runtime.pause / resume / kill --all",
+            "state_root": self._runtime.root,
         }
 
     def teardown(self) -> None:

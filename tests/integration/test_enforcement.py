@@ -63,8 +63,9 @@ def test_oom_pids_and_cpu_quota_are_enforced(name: str, store: ImageStore, base:
         adapter.prepare(ctx)
         oom = memory_hard_limit(adapter, env)[0]
         tasks = pids(adapter, env)[0]
-        # A quarter CPU: other work on a shared 2-CPU machine rarely leaves less than that free.
-        quota = cpu_quota_retried(adapter, env, 0.25)
+        # Half a CPU (the table's): a quarter CPU over two hog threads runs about 5 % short
+        # here on every platform, the kernel's per-CPU quota slices expiring unused.
+        quota = cpu_quota_retried(adapter, env, 0.5)
     finally:
         adapter.teardown()
     assert oom.verdict == PASS, oom.reason
@@ -75,8 +76,8 @@ def test_oom_pids_and_cpu_quota_are_enforced(name: str, store: ImageStore, base:
     assert tasks.measured is not None and 30 <= tasks.measured <= 32
     assert tasks.effective["pids.max"] == "32"
     assert quota.verdict == PASS, quota.reason
-    assert quota.measured == pytest.approx(0.25, rel=0.05)
-    assert quota.effective["cpu.cfs_quota_us"] == "25000"
+    assert quota.measured == pytest.approx(0.5, rel=0.05)
+    assert quota.effective["cpu.cfs_quota_us"] == "50000"
     assert (
         quota.series["host_busy_j"][-1] > quota.series["host_busy_j"][0]
     )  # the host's CPU, sampled alongside
