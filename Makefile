@@ -7,8 +7,9 @@ PY     := $(VENV)/bin/python
 # Debian packages: the runtime and its references (busybox-static runc crun libseccomp2),
 # the workload tools baked into the image (fio stress-ng sysbench iperf3), image interop
 # checks (skopeo umoci), the compiler for isobench's own static C programs in the image
-# (gcc libc6-dev), and the basics (iproute2 util-linux kmod python3-venv).
-APT_PACKAGES := busybox-static runc crun libseccomp2 fio stress-ng sysbench iperf3 skopeo umoci hyperfine iproute2 util-linux kmod python3-venv gcc libc6-dev
+# (gcc libc6-dev), the VM platform (qemu-system-x86 qemu-utils libvirt-daemon
+# libvirt-daemon-driver-qemu; libvirt-dev pkg-config to build libvirt-python), and the basics (iproute2 util-linux kmod python3-venv).
+APT_PACKAGES := busybox-static runc crun libseccomp2 fio stress-ng sysbench iperf3 skopeo umoci hyperfine iproute2 util-linux kmod python3-venv gcc libc6-dev qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-dev pkg-config
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup system-packages bench bench-runtime test unit integration lint cleanup clean
@@ -30,6 +31,12 @@ system-packages:
 	    echo "  apt-get update && apt-get install -y $$missing"; \
 	    exit 2; \
 	  fi; \
+	fi
+	@# libvirt's QEMU driver, run as root, refuses to start unless its compiled-in qemu user
+	@# exists; Debian creates it only with libvirt-daemon-system (which pulls in systemd).
+	@if [ "$$(id -u)" = 0 ] && ! getent passwd libvirt-qemu >/dev/null; then \
+	  useradd --system --user-group --no-create-home --home-dir /var/lib/libvirt \
+	    --shell /usr/sbin/nologin libvirt-qemu; \
 	fi
 
 $(STAMP): pyproject.toml
