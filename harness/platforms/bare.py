@@ -33,6 +33,7 @@ from harness.errors import EnvironmentError_, IsobenchError, OSFailure, StateErr
 from harness.image import overlay
 from harness.image.store import ImageStore
 from harness.platforms.base import Limits, Outcome, RunContext
+from harness.platforms.burst import Burst, burst_of_children
 from harness.platforms.common import (
     TIMED_OUT,
     checked_digest,
@@ -260,6 +261,15 @@ class BarePlatform:
         if os.waitstatus_to_exitcode(status) != 0:
             raise EnvironmentError_(f"bare: {' '.join(argv)} exited with status {status}")
         return elapsed
+
+    def launch_burst(self, count: int) -> Burst:
+        """count posix_spawns of `chroot <root> /bin/true` at once, each timed to its exit."""
+        argv = [CHROOT, str(self.root), "/bin/true"]
+        started: dict[int, float] = {}
+        for _ in range(count):
+            launched = time.perf_counter()
+            started[os.posix_spawn(CHROOT, argv, self._env)] = launched
+        return burst_of_children(started, "bare")
 
     def teardown(self) -> None:
         """Kill the cgroup's processes, unmount in reverse order, remove the cgroup and the dir.

@@ -29,6 +29,7 @@ from harness.errors import ContainerError, IsobenchError, StateError
 from harness.image.containers import ImageContainers
 from harness.image.store import ImageStore
 from harness.platforms.base import Limits, Outcome, RunContext
+from harness.platforms.burst import Burst, check_codes, exit_times, summarize
 from harness.platforms.common import (
     TIMED_OUT,
     checked_digest,
@@ -211,6 +212,43 @@ class ContainerPlatform:
         if launch.exit_code != 0:
             raise ContainerError(f"container: /bin/true exited with status {launch.exit_code}")
         return launch.wall_s
+
+    def launch_burst(self, count: int) -> Burst:
+        """count containers of /bin/true created and started back to back, each timed to its exit.
+
+        The runtime is in-process, so launches are issued one after another from this
+        process (as a shell loop of `runc run &` would); they run concurrently.
+        """
+        assert self._containers is not None and self._ctx is not None
+        started: dict[int, float] = {}
+        ids: dict[int, str] = {}
+        try:
+            with open(os.devnull, "r+b") as null:
+                fd = null.fileno()
+                for _ in range(count):
+                    self._count += 1
+                    container_id = f"isobench-{self._ctx.run_id}-{self._count}"
+                    launched = time.perf_counter()
+                    spec, rootfs = self._container_spec(container_id, ["/bin/true"], (), False)
+                    record = self._runtime.create(
+                        spec,
+                        container_id,
+                        start_now=True,
+                        rootfs_overlay=rootfs,
+                        stdio=(fd, fd, fd),
+                    )
+                    started[record.pid] = launched
+                    ids[record.pid] = container_id
+            ended = exit_times(started)
+            codes = {pid: self._runtime.wait(container_id) for pid, container_id in ids.items()}
+        finally:
+            for container_id in ids.values():
+                with contextlib.suppress(IsobenchError):
+                    self._runtime.delete(container_id, force=True)
+                with contextlib.suppress(IsobenchError):
+                    self._containers.remove(container_id)
+        check_codes(codes, self.name)
+        return summarize(started, ended)
 
     def teardown(self) -> None:
         """Remove the run's containers (a crash can leave one) and the run's directory."""

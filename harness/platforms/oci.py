@@ -27,6 +27,7 @@ from harness.errors import ContainerError, EnvironmentError_, IsobenchError, Sta
 from harness.image.commands import write_bundle
 from harness.image.store import ImageStore
 from harness.platforms.base import Limits, Outcome, RunContext
+from harness.platforms.burst import Burst
 from harness.platforms.common import (
     checked_digest,
     cpuset_for,
@@ -192,6 +193,32 @@ class OciPlatform:
                 f"{self.name}: /bin/true exited with status {result.exit_code}: {result.stderr.strip()}"
             )
         return result.wall_s
+
+    def launch_burst(self, count: int) -> Burst:
+        """count `<runtime> run`s of /bin/true started at once, one small bundle each, timed to exit.
+
+        Every bundle's config points at the run's one rootfs, read-only: /bin/true writes
+        nothing, and concurrent containers must not share a writable root.
+        """
+        assert self._dir is not None
+        ids = [self._next_id() for _ in range(count)]
+        runs = [(str(self._dir / f"burst-{container_id}"), container_id) for container_id in ids]
+        try:
+            for bundle, container_id in runs:
+                os.mkdir(bundle)
+                config = json.loads(self._config(container_id, ["/bin/true"], (), False))
+                config["root"] = {"path": str(self.bundle / "rootfs"), "readonly": True}
+                Path(bundle, "config.json").write_text(json.dumps(config))
+            try:
+                return self._runtime.burst(runs)
+            except RuntimeError as exc:
+                raise ContainerError(f"{self.name}: burst: {exc}") from None
+        finally:
+            for bundle, container_id in runs:
+                if (self._dir / "state" / container_id).exists():
+                    with contextlib.suppress(OSError, RuntimeError):
+                        self._runtime.force_delete(container_id)
+                shutil.rmtree(bundle, ignore_errors=True)
 
     def teardown(self) -> None:
         """Force-delete what a crash left in the state root, stop crun's helper, remove the bundle."""
