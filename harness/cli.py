@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import IsobenchError
+
+if TYPE_CHECKING:
+    from harness.platforms.vm import VmOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +61,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--image", default="isobench/workload:latest", help="image reference (built if missing)"
     )
+    _vm_arguments(run)
 
     report = sub.add_parser("report", help="HTML page, Markdown summary and CSV from results files")
     report.add_argument("results", nargs="+", type=Path)
@@ -122,6 +127,45 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _vm_arguments(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--libvirt-uri",
+        default=None,
+        help="vm platform: libvirt URI (default: the embedded driver, qemu:///embed?root=<home>/libvirt)",
+    )
+    run.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="vm platform: auto = KVM only when a probe guest really boots under it",
+    )
+    run.add_argument(
+        "--guest-kernel", type=Path, default=None, help="vm platform: the guest's bzImage"
+    )
+    run.add_argument(
+        "--include-tcg",
+        action="store_true",
+        help="vm platform: record that this run's TCG figures go into overhead ratios",
+    )
+
+
+def _vm_options(args: argparse.Namespace) -> VmOptions:
+    from harness.platforms.vm import VmOptions
+
+    if args.guest_kernel is not None and not args.guest_kernel.is_file():
+        from harness.errors import UserError
+
+        raise UserError(
+            f"--guest-kernel {args.guest_kernel}: no such file; accepted: a bzImage kernel file"
+        )
+    return VmOptions(
+        uri=args.libvirt_uri,
+        accel=args.accel,
+        guest_kernel=args.guest_kernel,
+        include_tcg=args.include_tcg,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `isobench` console script."""
     args = _build_parser().parse_args(argv)
@@ -146,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 results_dir=args.results,
                 resume=args.resume,
                 image_ref=args.image,
+                vm_options=_vm_options(args),
             )
             print(path)
             return 0

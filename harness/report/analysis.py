@@ -114,6 +114,8 @@ def analyse(run: RunResult, include_tcg: bool = False) -> RunAnalysis:
     Warm-up and failed samples are left out; TCG platforms get no ratio unless include_tcg.
     """
     tcg = frozenset(p for p, d in run.platforms.items() if d.get("accel") == "tcg")
+    # `isobench run --include-tcg` records the choice with the vm platform.
+    include_tcg = include_tcg or any(d.get("include_tcg") is True for d in run.platforms.values())
     measured = [s for s in run.samples if not s.warmup]
     good = [s for s in measured if not s.failed and not s.not_applicable]
     rows = []

@@ -33,7 +33,7 @@ from harness.workloads.base import Metric, Workload
 pytestmark = pytest.mark.requires("root", "cgroups", "busybox")
 
 TAG = "isobench/workload:test-platforms"
-PLATFORM_NAMES = ["bare", "container", "oci:runc", "oci:crun"]
+PLATFORM_NAMES = ["bare", "container", "oci:runc", "oci:crun", "vm"]
 
 
 def _events_per_second(stdout: str) -> dict[str, float]:
@@ -272,5 +272,5 @@ def test_registry_names_every_platform() -> None:
     assert list(PLATFORMS) == PLATFORM_NAMES
     assert [p.name for p in select(None)] == PLATFORM_NAMES
     assert [p.name for p in select(["oci:runc", "bare", "bare"])] == ["oci:runc", "bare"]
-    with pytest.raises(UserError, match="'vm'; accepted: bare, container, oci:runc, oci:crun"):
-        select(["bare", "vm"])
+    with pytest.raises(UserError, match="'kvm'; accepted: bare, container, oci:runc, oci:crun, vm"):
+        select(["bare", "kvm"])
