@@ -39,6 +39,9 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also running containers without the isobench- prefix, and kept ones",
     )
+    clean.add_argument(
+        "--libvirt-uri", default=None, help="where to sweep guests (default: the embedded driver)"
+    )
 
     run = sub.add_parser(
         "run", help="run the benchmark suite in randomised blocks; writes a results file"
@@ -173,7 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "cleanup":
             from harness.runtime.cleanup import cleanup
 
-            for line in cleanup(root=args.root, dry_run=args.dry_run, everything=args.all):
+            lines = cleanup(
+                root=args.root,
+                dry_run=args.dry_run,
+                everything=args.all,
+                libvirt_uri=args.libvirt_uri,
+            )
+            for line in lines:
                 print(line)
             return 0
         if args.command == "image":

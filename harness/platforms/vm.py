@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -125,6 +126,12 @@ class VmPlatform:
         digest = checked_digest(store, ctx)
         try:
             self._conn = open_connection(self.uri)
+            from harness.runtime.cleanup import sweep_domains
+
+            # Guests of runs killed before they could tear down (the next run sweeps them).
+            for line in sweep_domains(self._conn):
+                if line.startswith("removed"):
+                    print(f"isobench: {line}", file=sys.stderr)
             self._versions = versions(self._conn)
             kernel = find_kernel(self.options.guest_kernel, default_cache_dir())
             initrd = build_guest_initramfs(
