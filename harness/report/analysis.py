@@ -182,6 +182,12 @@ def _warnings(
             )
         else:
             out.append(f"{platform}: {TCG_WARNING}")
+    for platform, described in sorted(run.platforms.items()):
+        changed = described.get("workload_changes")
+        if isinstance(changed, dict) and changed:
+            # The vm platform runs smaller or buffered variants under TCG: never compare them.
+            listed = "; ".join(f"{bench}: {how}" for bench, how in sorted(changed.items()))
+            out.append(f"{platform}: ran changed workloads, not comparable to bare ({listed})")
     for platform in _ordered(s.platform for s in measured):
         steal = [s.steal_pct for s in measured if s.platform == platform]
         known = [x for x in steal if x is not None]

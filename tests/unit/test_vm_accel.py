@@ -121,3 +121,21 @@ def test_sampler_takes_records_before_during_and_after() -> None:
         time.sleep(0.1)
     assert len(sampler.samples) >= 3
     assert sampler.summary()["vm_stats_samples"] == len(sampler.samples)
+
+
+def test_doctor_explains_the_cached_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.doctor import _kvm_verdict
+    from harness.vm.accel import CACHE_NAME
+
+    monkeypatch.setenv("ISOBENCH_HOME", str(tmp_path))
+    assert "not probed yet" in _kvm_verdict("QEMU 7.2")
+    dev = tmp_path / "kvm"
+    dev.write_text("")
+    decide(
+        "auto", dev_kvm=dev, probe=FakeProbe(False, "guest hung at kernel entry"),
+        cache_file=tmp_path / CACHE_NAME, key=cache_key("QEMU 7.2"),
+    )  # fmt: skip
+    line = _kvm_verdict("QEMU 7.2")
+    assert line.startswith("kvm: not used, VMs run under TCG") and "guest hung" in line
