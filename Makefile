@@ -53,9 +53,9 @@ bench: setup
 	  test -n "$$path" && $(VENV)/bin/isobench report "$$path"
 
 # Microbenchmarks of isobench itself: container launch against runc and crun,
-# overlay roots, image rebuilds (pytest-benchmark).
+# overlay roots, image rebuilds, libvirt against plain QEMU (pytest-benchmark).
 bench-runtime: setup
-	$(VENV)/bin/pytest bench/test_runtime_startup.py bench/test_image.py bench/test_harness_timing.py -p no:cacheprovider \
+	$(VENV)/bin/pytest bench/test_runtime_startup.py bench/test_image.py bench/test_harness_timing.py bench/test_vm.py -p no:cacheprovider \
 	  --benchmark-columns=median,iqr,min,max,rounds --benchmark-sort=mean
 
 test: setup
