@@ -302,7 +302,8 @@ class VmPlatform:
             workload = replace(buffered, timeout_s=workload.timeout_s)
             note = "buffered IO (root is the initramfs tmpfs, no O_DIRECT)"
             prev = self._state.resized.get(workload.benchmark)
-            self._state.resized[workload.benchmark] = f"{prev}; {note}" if prev else note
+            if prev is None or note not in prev:
+                self._state.resized[workload.benchmark] = f"{prev}; {note}" if prev else note
         return workload
 
     def launch_latency(self) -> float:

@@ -25,9 +25,17 @@ if TYPE_CHECKING:
 
 EMBED_PREFIX = "qemu:///embed"
 STATE_SUBDIR = "libvirt"  # under the isobench home: the default embed root
-# QEMU runs as root: the kernel, initramfs and disks stay where the run put them
-# (no chown), and Debian's qemu user only exists where libvirt-daemon-system is installed.
-QEMU_CONF = 'stdio_handler = "file"\nuser = "root"\ngroup = "root"\n'
+# QEMU runs as root: the kernel, initramfs and disks stay where the run put them,
+# and no security driver relabels them or records their owner in xattrs (a shared
+# kernel cache would otherwise collect "remembered" owners from every run).
+QEMU_CONF = (
+    'stdio_handler = "file"\n'
+    'user = "root"\n'
+    'group = "root"\n'
+    "dynamic_ownership = 0\n"
+    "remember_owner = 0\n"
+    'security_driver = "none"\n'
+)
 # libvirt's driver refuses to start as root unless its compiled-in qemu user exists.
 QEMU_USER = "libvirt-qemu"
 
