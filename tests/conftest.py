@@ -39,6 +39,7 @@ CAPABILITIES: dict[str, Callable[[], bool]] = {
     "runc": lambda: shutil.which("runc") is not None,
     "crun": lambda: shutil.which("crun") is not None,
     "busybox": lambda: shutil.which("busybox") is not None,
+    "iproute2": lambda: shutil.which("ip") is not None,
     "seccomp": _seccomp,
     "qemu": lambda: shutil.which("qemu-system-x86_64") is not None,
     "libvirt": lambda: importlib.util.find_spec("libvirt") is not None,

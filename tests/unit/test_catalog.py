@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
+from harness.platforms.peer import stop, wait_listening
 from harness.workloads import BENCHMARKS, CATEGORIES, PROFILES, bind_scratch, workloads
 from harness.workloads.sizing import (
     MEMORY_FLOOR_MIB,
@@ -49,6 +50,8 @@ CAPTURED = {
     "ipc.stress-ng.signal": "stress-ng/sigq.txt",
     "syscall.sysbench.getppid": "sysbench/lua-getppid.txt",
     "network.iperf3.loopback": "iperf3/loopback.json",
+    "network.iperf3.to-host": "iperf3/to-host.json",
+    "network.iperf3.from-host": "iperf3/from-host.json",
 }
 
 
@@ -359,16 +362,29 @@ def test_every_benchmark_runs_at_smoke_size_on_this_host(tmp_path: Path) -> None
     timings: list[str] = []
     started = time.monotonic()
     for workload in workloads(None, "smoke"):
-        bound = bind_scratch(workload, str(scratch))
+        # A host-side server (network benchmarks) listens on loopback, as on bare.
+        bound = bind_scratch(workload, str(scratch)).with_peer("127.0.0.1")
         t0 = time.monotonic()
-        proc = subprocess.run(
-            bound.argv,
-            capture_output=True,
-            text=True,
-            timeout=bound.timeout_s,
-            env={**os.environ, **dict(bound.env)},
-            check=False,
+        server = (
+            subprocess.Popen(bound.peer_argv, stdout=subprocess.DEVNULL)
+            if bound.peer_argv
+            else None
         )
+        try:
+            if server is not None:
+                assert bound.peer_port is not None
+                wait_listening(server, None, "127.0.0.1", bound.peer_port)
+            proc = subprocess.run(
+                bound.argv,
+                capture_output=True,
+                text=True,
+                timeout=bound.timeout_s,
+                env={**os.environ, **dict(bound.env)},
+                check=False,
+            )
+        finally:
+            if server is not None:
+                stop(server)
         elapsed = time.monotonic() - t0
         try:
             values = bound.parse(proc.stdout)
