@@ -7,8 +7,9 @@ PY     := $(VENV)/bin/python
 # Debian packages: the runtime and its references (busybox-static runc crun libseccomp2),
 # the workload tools baked into the image (fio stress-ng sysbench iperf3), image interop
 # checks (skopeo umoci), the compiler for isobench's own static C programs in the image
-# (gcc libc6-dev), and the basics (iproute2 util-linux kmod python3-venv).
-APT_PACKAGES := busybox-static runc crun libseccomp2 fio stress-ng sysbench iperf3 skopeo umoci hyperfine iproute2 util-linux kmod python3-venv gcc libc6-dev
+# (gcc libc6-dev), the VM guest under plain QEMU with its scratch disk (qemu-system-x86
+# e2fsprogs), and the basics (iproute2 util-linux kmod python3-venv).
+APT_PACKAGES := busybox-static runc crun libseccomp2 fio stress-ng sysbench iperf3 skopeo umoci hyperfine iproute2 util-linux kmod python3-venv gcc libc6-dev qemu-system-x86 e2fsprogs
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup system-packages bench bench-runtime test unit integration lint cleanup clean
@@ -17,6 +18,8 @@ setup: system-packages $(STAMP)
 	@# Bytecode up front: with PYTHONDONTWRITEBYTECODE set, every isobench-runtime
 	@# call would otherwise recompile the package (tens of ms per container launch).
 	@$(PY) -m compileall -q harness
+	@# The VM guest's kernel: a Debian linux-image package, fetched once into the cache (root only).
+	@if [ "$$(id -u)" = 0 ]; then $(VENV)/bin/isobench vm fetch-kernel >/dev/null; fi
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \

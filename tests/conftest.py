@@ -39,6 +39,8 @@ CAPABILITIES: dict[str, Callable[[], bool]] = {
     "crun": lambda: shutil.which("crun") is not None,
     "busybox": lambda: shutil.which("busybox") is not None,
     "seccomp": _seccomp,
+    "gcc": lambda: shutil.which("gcc") is not None,
+    "qemu": lambda: shutil.which("qemu-system-x86_64") is not None,
 }
 
 
