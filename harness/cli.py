@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             from harness.vm.kernel import default_cache_dir, find_kernel
 
             kernel = find_kernel(args.guest_kernel, args.cache_dir or default_cache_dir())
-            print(f"{kernel.vmlinuz} {kernel.version} modules={kernel.modules_root} ({kernel.source})")
+            print(
+                f"{kernel.vmlinuz} {kernel.version} modules={kernel.modules_root} ({kernel.source})"
+            )
             return 0
         if args.command == "doctor":
             from harness.doctor import doctor_lines
