@@ -24,6 +24,16 @@ class EnvironmentError_(IsobenchError):
     exit_code = 3
 
 
+class NotApplicable(IsobenchError):
+    """A platform cannot take one measurement (a VM has no NIC for a host peer): recorded, not a failure.
+
+    The scheduler stores it with the sample as "NotApplicable: <why>"; the report
+    lists such samples apart from failures.
+    """
+
+    exit_code = 3
+
+
 class StateError(IsobenchError):
     """An illegal container lifecycle transition (start a stopped container, delete a running one)."""
 

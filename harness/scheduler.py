@@ -26,6 +26,7 @@ import psutil  # type: ignore[import-untyped]
 
 from harness.errors import IsobenchError, UserError
 from harness.platforms.base import Outcome, Platform
+from harness.platforms.burst import BURST_SIZE
 from harness.results import WARMUP_BLOCK, ResultFile, Sample, benchmark_record, utc_now
 from harness.workloads.base import Metric, Workload
 
@@ -45,6 +46,24 @@ STARTUP_WORKLOAD = Workload(
     primary="launch_s",
     parse=_no_parser,
 )
+
+# One sample per block: BURST_SIZE cold starts launched at once (Platform.launch_burst).
+BURST_WORKLOAD = Workload(
+    benchmark="startup.burst",
+    category="startup",
+    argv=("/bin/true",),
+    metrics=(
+        Metric("total_s", "s", higher_is_better=False),
+        Metric("per_launch_p50_s", "s", higher_is_better=False),
+        Metric("per_launch_max_s", "s", higher_is_better=False),
+        Metric("per_launch_mean_s", "s", higher_is_better=False),
+        Metric("launches_per_s", "launches/s", higher_is_better=True),
+    ),
+    primary="total_s",
+    parse=_no_parser,
+    sizes={"concurrent_launches": BURST_SIZE},
+)
+STARTUP_NAMES = (STARTUP_WORKLOAD.benchmark, BURST_WORKLOAD.benchmark)
 
 Progress = Callable[[int, int, Sample], None]  # (steps done, steps in the plan, the new sample)
 Confounders = Callable[[], dict[str, float]]
@@ -107,8 +126,9 @@ def validate_request(
         repeated = sorted({n for n in names if list(names).count(n) > 1})
         if repeated:
             raise UserError(f"{flag}: {', '.join(repeated)} given twice; accepted: each name once")
-    if startup_launches and STARTUP_WORKLOAD.benchmark in (benchmarks or ()):
-        raise UserError(f"--bench {STARTUP_WORKLOAD.benchmark}: reserved for startup launches; accepted: another name")  # fmt: skip
+    reserved = sorted(set(STARTUP_NAMES) & set(benchmarks or ())) if startup_launches else []
+    if reserved:
+        raise UserError(f"--bench {reserved[0]}: reserved for startup launches; accepted: another name")  # fmt: skip
 
 
 def plan(
@@ -121,7 +141,7 @@ def plan(
 ) -> list[Step]:
     """The whole run in order: the warm-up round, then the blocks; the same seed gives the same list."""
     rng = random.Random(seed)
-    names = sorted(benchmarks) + ([STARTUP_WORKLOAD.benchmark] if startup_launches else [])
+    names = sorted(benchmarks) + (list(STARTUP_NAMES) if startup_launches else [])
     steps = []
     for block in [WARMUP_BLOCK, *range(blocks)]:
         order = list(names)
@@ -164,6 +184,7 @@ def run_blocks(
         raise UserError(f"--seed {seed}: {results.path} was planned with seed {results.seed}; accepted: --seed {results.seed} (or no --seed)")  # fmt: skip
     if startup_launches:
         by_bench[STARTUP_WORKLOAD.benchmark] = STARTUP_WORKLOAD
+        by_bench[BURST_WORKLOAD.benchmark] = BURST_WORKLOAD
     if results.samples:
         _check_resume(results, set(by_platform), list(by_bench.values()))
     if results.status != "running":
@@ -230,12 +251,14 @@ def _take(
     confounders()  # start of the interval the second call reports on
     error: str | None = None
     metrics: dict[str, float] = {}
-    if workload is STARTUP_WORKLOAD:
+    if workload is STARTUP_WORKLOAD or workload is BURST_WORKLOAD:
         outcome = Outcome(exit_code=0, stdout="", stderr="", wall_s=0.0)
         t0 = time.perf_counter()
         try:
-            latency_s = platform.launch_latency()
-            metrics = {"launch_s": latency_s}
+            if workload is STARTUP_WORKLOAD:
+                metrics = {"launch_s": platform.launch_latency()}
+            else:
+                metrics = platform.launch_burst(BURST_SIZE).metrics()
         except IsobenchError as exc:
             error = f"{type(exc).__name__}: {exc}"
             outcome.exit_code = -1

@@ -38,6 +38,7 @@ CAPABILITIES: dict[str, Callable[[], bool]] = {
     "runc": lambda: shutil.which("runc") is not None,
     "crun": lambda: shutil.which("crun") is not None,
     "busybox": lambda: shutil.which("busybox") is not None,
+    "iproute2": lambda: shutil.which("ip") is not None,
     "seccomp": _seccomp,
     "gcc": lambda: shutil.which("gcc") is not None,
     "qemu": lambda: shutil.which("qemu-system-x86_64") is not None,

@@ -33,6 +33,7 @@ from harness.errors import EnvironmentError_, IsobenchError, OSFailure, StateErr
 from harness.image import overlay
 from harness.image.store import ImageStore
 from harness.platforms.base import Limits, Outcome, RunContext
+from harness.platforms.burst import Burst, burst_of_children
 from harness.platforms.common import (
     TIMED_OUT,
     checked_digest,
@@ -43,6 +44,7 @@ from harness.platforms.common import (
     reset_dir,
     timeout_note,
 )
+from harness.platforms.peer import run_with_peer
 from harness.runtime.cgroups import CgroupManager, new_manager
 from harness.runtime.spec import CpuResources, MemoryResources, Resources
 from harness.runtime.syscalls import (
@@ -60,6 +62,10 @@ from harness.runtime.syscalls import (
 from harness.workloads.base import Workload
 
 CHROOT = "/usr/sbin/chroot"  # coreutils on the host; it execs the image's binaries
+NSENTER = "/usr/bin/nsenter"  # util-linux on the host: joins a network namespace, then execs
+# Bare shares the host's network namespace, where isobench adds no address: its
+# host <-> platform path is loopback, what a process on bare metal gets.
+LOOPBACK = "127.0.0.1"
 HOST_SH = "/bin/sh"
 # The standard devices of a container (runc's defaults, without the pty ones).
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -194,7 +200,32 @@ class BarePlatform:
         return manager
 
     def run(self, workload: Workload) -> Outcome:
-        """chroot into the root and run the workload's argv; output captured through files."""
+        """chroot into the root and run the workload's argv (its host-side server first, on loopback)."""
+        if self._dir is None:
+            raise StateError("bare platform: prepare() has not run")
+        return run_with_peer(workload, LOOPBACK, None, self.start_peer, self._dir, self._run_client)
+
+    def start_peer(
+        self, argv: list[str], netns_path: str | None, stdout: Path, stderr: Path
+    ) -> subprocess.Popen[bytes]:
+        """Start a host-side server chrooted into the root, in netns_path (None: the host's netns).
+
+        Outside the platform's cgroup: the server is the host, not the platform measured.
+        """
+        command = [CHROOT, str(self.root), *argv]
+        if netns_path is not None:
+            command = [NSENTER, f"--net={netns_path}", *command]
+        with open(stdout, "wb") as out, open(stderr, "wb") as err:
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=self._env,
+                start_new_session=True,
+            )
+
+    def _run_client(self, workload: Workload) -> Outcome:
         assert self._dir is not None and self.scratch is not None
         reset_dir(self.scratch)
         reset_dir(self.root / "var" / "tmp")  # through the overlay: whiteouts, not upper edits
@@ -261,6 +292,15 @@ class BarePlatform:
             raise EnvironmentError_(f"bare: {' '.join(argv)} exited with status {status}")
         return elapsed
 
+    def launch_burst(self, count: int) -> Burst:
+        """count posix_spawns of `chroot <root> /bin/true` at once, each timed to its exit."""
+        argv = [CHROOT, str(self.root), "/bin/true"]
+        started: dict[int, float] = {}
+        for _ in range(count):
+            launched = time.perf_counter()
+            started[os.posix_spawn(CHROOT, argv, self._env)] = launched
+        return burst_of_children(started, "bare")
+
     def teardown(self) -> None:
         """Kill the cgroup's processes, unmount in reverse order, remove the cgroup and the dir.
 
@@ -309,7 +349,12 @@ class BarePlatform:
                 "/scratch": "bind of a host dir under the workdir, emptied before each run",
                 "/var/tmp": "on the overlay root, emptied before each run",
             },
-            "network": "host",
+            "network": {
+                "path": "loopback: the host's own network namespace (isobench adds no address "
+                "there); the host-side server of a network benchmark listens on 127.0.0.1",
+                "peer_address": LOOPBACK,
+                "mtu": _loopback_mtu(),
+            },
             "cgroup": self._cgroup.path if self._cgroup else None,
             "limits": limits_record(
                 ctx.limits if ctx else Limits(),
@@ -318,6 +363,13 @@ class BarePlatform:
             "launch_latency": "posix_spawn of chroot <root> /bin/true to its exit",
             "image_digest": ctx.image_digest if ctx else None,
         }
+
+
+def _loopback_mtu() -> int | None:
+    try:
+        return int(Path("/sys/class/net/lo/mtu").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _image_env(store: ImageStore, digest: str) -> dict[str, str]:

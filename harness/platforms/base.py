@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from harness.workloads.base import Workload
+
+if TYPE_CHECKING:
+    from harness.platforms.burst import Burst
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,12 @@ class Platform(Protocol):
 
     def launch_latency(self) -> float:
         """Seconds from launch to exit of /bin/true in a fresh instance (one cold start)."""
+
+    def launch_burst(self, count: int) -> Burst:
+        """count cold starts of /bin/true launched at once, each timed to its exit.
+
+        Raises errors.NotApplicable (recorded with the sample) where the platform cannot.
+        """
 
     def teardown(self) -> None:
         """Remove everything prepare() and run() made; safe to call twice."""

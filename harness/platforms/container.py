@@ -7,8 +7,10 @@ uts, mount, cgroup); a cgroup `/isobench-runtime/<container id>` carrying the
 limits. Ids are `isobench-<run id>-<n>`. The container's startup is not in the
 workload's metrics (the tool measures itself); `launch_latency` times it.
 
-Network: the container's own network namespace with loopback only. The veth
-pair from the host that the network benchmarks want (issue 4) is not made yet.
+Network: the platform's own named network namespace, made once per run and
+joined by every container through the spec's namespace path, with a veth pair
+to the run's peer namespace on the host (harness.platforms.network); a
+benchmark's host-side server runs there.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from harness.errors import ContainerError, IsobenchError, StateError
 from harness.image.containers import ImageContainers
 from harness.image.store import ImageStore
 from harness.platforms.base import Limits, Outcome, RunContext
+from harness.platforms.burst import Burst, check_codes, exit_times, summarize
 from harness.platforms.common import (
     TIMED_OUT,
     checked_digest,
@@ -38,9 +41,10 @@ from harness.platforms.common import (
     reset_dir,
     timeout_note,
 )
+from harness.platforms.network import PlatformNetwork
 from harness.runtime.bundle import busybox_bundle
 from harness.runtime.lifecycle import CGROUP_PARENT, Runtime
-from harness.runtime.spec import CpuResources, Resources, Spec
+from harness.runtime.spec import CpuResources, Namespace, Resources, Spec
 from harness.workloads.base import Workload
 
 SCRATCH = "/scratch"
@@ -66,6 +70,7 @@ class ContainerPlatform:
         self._spec: Spec | None = None  # a /bin/true spec, for describe()
         self._count = 0
         self.scratch: Path | None = None  # the host side of /scratch
+        self.network = PlatformNetwork("container", store)
 
     def available(self) -> tuple[bool, str]:
         """Root, and a probe: one busybox container run by the runtime in a throwaway state root."""
@@ -91,6 +96,7 @@ class ContainerPlatform:
         self._dir = ctx.workdir / f"container-{ctx.run_id}"
         self.scratch = self._dir / "scratch"
         self.scratch.mkdir(parents=True, exist_ok=True)
+        self.network.open(ctx, self._dir / "peer")
         # The spec the runs get, made once here: describe() reports it, and the
         # layers are unpacked before anything is timed.
         probe = f"isobench-{ctx.run_id}-0"
@@ -130,6 +136,12 @@ class ContainerPlatform:
         )
         cpus = cpuset_for(self._ctx.limits)
         linux = spec.linux
+        if self.network.netns_path is not None:  # the platform's netns, with its veth
+            namespaces = tuple(
+                Namespace("network", self.network.netns_path) if ns.type == "network" else ns
+                for ns in linux.namespaces
+            )
+            linux = dataclasses.replace(linux, namespaces=namespaces)
         if cpus is not None:
             resources = spec.linux.resources or Resources()
             resources = dataclasses.replace(resources, cpu=CpuResources(cpus=cpus))
@@ -170,9 +182,13 @@ class ContainerPlatform:
         return _Launch(code, time.perf_counter() - start, killed.is_set())
 
     def run(self, workload: Workload) -> Outcome:
-        """A new container running the workload's argv, stdout/stderr captured through files."""
+        """A new container running the workload's argv (its host-side server first, in the peer netns)."""
         if self._dir is None or self.scratch is None:
             raise StateError("container platform: prepare() has not run")
+        return self.network.run(workload, self._dir, self._run_client)
+
+    def _run_client(self, workload: Workload) -> Outcome:
+        assert self._dir is not None and self.scratch is not None
         reset_dir(self.scratch)
         out_path, err_path = self._dir / "stdout", self._dir / "stderr"
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -212,8 +228,45 @@ class ContainerPlatform:
             raise ContainerError(f"container: /bin/true exited with status {launch.exit_code}")
         return launch.wall_s
 
+    def launch_burst(self, count: int) -> Burst:
+        """count containers of /bin/true created and started back to back, each timed to its exit.
+
+        The runtime is in-process, so launches are issued one after another from this
+        process (as a shell loop of `runc run &` would); they run concurrently.
+        """
+        assert self._containers is not None and self._ctx is not None
+        started: dict[int, float] = {}
+        ids: dict[int, str] = {}
+        try:
+            with open(os.devnull, "r+b") as null:
+                fd = null.fileno()
+                for _ in range(count):
+                    self._count += 1
+                    container_id = f"isobench-{self._ctx.run_id}-{self._count}"
+                    launched = time.perf_counter()
+                    spec, rootfs = self._container_spec(container_id, ["/bin/true"], (), False)
+                    record = self._runtime.create(
+                        spec,
+                        container_id,
+                        start_now=True,
+                        rootfs_overlay=rootfs,
+                        stdio=(fd, fd, fd),
+                    )
+                    started[record.pid] = launched
+                    ids[record.pid] = container_id
+            ended = exit_times(started)
+            codes = {pid: self._runtime.wait(container_id) for pid, container_id in ids.items()}
+        finally:
+            for container_id in ids.values():
+                with contextlib.suppress(IsobenchError):
+                    self._runtime.delete(container_id, force=True)
+                with contextlib.suppress(IsobenchError):
+                    self._containers.remove(container_id)
+        check_codes(codes, self.name)
+        return summarize(started, ended)
+
     def teardown(self) -> None:
-        """Remove the run's containers (a crash can leave one) and the run's directory."""
+        """Remove the run's containers (a crash can leave one), the network, the run's directory."""
         if self._containers is not None and self._ctx is not None:
             prefix = f"isobench-{self._ctx.run_id}-"
             records: list[dict[str, object]] = []
@@ -229,6 +282,7 @@ class ContainerPlatform:
                     if entry.name.startswith(prefix):
                         with contextlib.suppress(IsobenchError):
                             self._containers.remove(entry.name)
+        self.network.close()  # before the rmtree: the servers' chroot is mounted below the dir
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
@@ -254,7 +308,7 @@ class ContainerPlatform:
             "mounts": {
                 SCRATCH: "rbind rw of a host dir under the workdir, emptied before each run"
             },
-            "network": "loopback only: own network namespace, no veth from the host yet",
+            "network": self.network.describe(),
             "cgroup": f"{CGROUP_PARENT}/isobench-<run id>-<n>, one per container",
             "limits": limits_record(
                 ctx.limits if ctx else Limits(),

@@ -10,6 +10,10 @@ IO workloads write under /var/tmp). Container ids are
 `isobench-<run id>-<runtime>-<n>`; their cgroups sit where the container
 platform's do, `/isobench-runtime/<container id>` (runc's default would nest
 them in the caller's own cgroup), and the runtime removes them on delete.
+
+Network: as the container platform's, the platform's own named network
+namespace with a veth pair to the run's peer (harness.platforms.network),
+joined through config.json's linux.namespaces[].path.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from harness.errors import ContainerError, EnvironmentError_, IsobenchError, Sta
 from harness.image.commands import write_bundle
 from harness.image.store import ImageStore
 from harness.platforms.base import Limits, Outcome, RunContext
+from harness.platforms.burst import Burst
 from harness.platforms.common import (
     checked_digest,
     cpuset_for,
@@ -35,6 +40,7 @@ from harness.platforms.common import (
     reset_dir,
     timeout_note,
 )
+from harness.platforms.network import PlatformNetwork
 from harness.platforms.oci_runtimes import ReferenceRuntime
 from harness.runtime.bundle import add_cgroup_namespace, busybox_bundle
 from harness.runtime.lifecycle import CGROUP_PARENT
@@ -59,6 +65,8 @@ class OciPlatform:
         self._base: dict[str, object] = {}  # write_bundle's config.json
         self._count = 0
         self.scratch: Path | None = None  # the host side of /scratch
+        self.network = PlatformNetwork(self.name, store)
+        self._netns_fd: int | None = None
 
     @property
     def bundle(self) -> Path:
@@ -101,6 +109,22 @@ class OciPlatform:
         write_bundle(store, ctx.image_ref, self.bundle)
         self._base = json.loads((self.bundle / "config.json").read_text())
         self._runtime.root = str(self._dir / "state")
+        self.network.open(ctx, self._dir / "peer")
+        if self.network.netns_path is not None:
+            # Held open for _netns_path: see there.
+            self._netns_fd = os.open(self.network.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def _netns_path(self) -> str | None:
+        """The path the runtime joins the platform's netns by.
+
+        crun on a v1-hybrid host runs from a helper in a private mount namespace
+        made before the netns was: the bind mount under /run/netns never reached
+        it. /proc/<pid>/fd/<fd> of this process's open handle reaches the same
+        namespace from any mount namespace.
+        """
+        if self._netns_fd is not None and self._runtime.hides_cgroup2:
+            return f"/proc/{os.getpid()}/fd/{self._netns_fd}"
+        return self.network.netns_path
 
     def _config(
         self,
@@ -131,6 +155,11 @@ class OciPlatform:
             )
         linux = config["linux"]
         assert isinstance(linux, dict)
+        netns = self._netns_path()
+        if netns is not None:  # the platform's netns, with its veth
+            for ns in linux.get("namespaces", []):
+                if ns.get("type") == "network":
+                    ns["path"] = netns
         # Next to the container platform's cgroups: runc's default would nest the container
         # in the caller's own cgroup (and under its limits), crun's is /<id>.
         linux["cgroupsPath"] = f"{CGROUP_PARENT}/{container_id}"
@@ -155,7 +184,12 @@ class OciPlatform:
         return f"isobench-{self._ctx.run_id}-{self._runtime.name}-{self._count}"
 
     def run(self, workload: Workload) -> Outcome:
-        """`<runtime> run` of the workload's argv in the bundle; output captured through files."""
+        """`<runtime> run` of the workload's argv (its host-side server first, in the peer netns)."""
+        if self._dir is None:
+            raise StateError(f"{self.name}: prepare() has not run")
+        return self.network.run(workload, self._dir, self._run_client)
+
+    def _run_client(self, workload: Workload) -> Outcome:
         assert self._dir is not None and self.scratch is not None
         reset_dir(self.scratch)
         # The rootfs is a plain directory kept for the whole run: clear what a "root" workload wrote.
@@ -193,14 +227,44 @@ class OciPlatform:
             )
         return result.wall_s
 
+    def launch_burst(self, count: int) -> Burst:
+        """count `<runtime> run`s of /bin/true started at once, one small bundle each, timed to exit.
+
+        Every bundle's config points at the run's one rootfs, read-only: /bin/true writes
+        nothing, and concurrent containers must not share a writable root.
+        """
+        assert self._dir is not None
+        ids = [self._next_id() for _ in range(count)]
+        runs = [(str(self._dir / f"burst-{container_id}"), container_id) for container_id in ids]
+        try:
+            for bundle, container_id in runs:
+                os.mkdir(bundle)
+                config = json.loads(self._config(container_id, ["/bin/true"], (), False))
+                config["root"] = {"path": str(self.bundle / "rootfs"), "readonly": True}
+                Path(bundle, "config.json").write_text(json.dumps(config))
+            try:
+                return self._runtime.burst(runs)
+            except RuntimeError as exc:
+                raise ContainerError(f"{self.name}: burst: {exc}") from None
+        finally:
+            for bundle, container_id in runs:
+                if (self._dir / "state" / container_id).exists():
+                    with contextlib.suppress(OSError, RuntimeError):
+                        self._runtime.force_delete(container_id)
+                shutil.rmtree(bundle, ignore_errors=True)
+
     def teardown(self) -> None:
-        """Force-delete what a crash left in the state root, stop crun's helper, remove the bundle."""
+        """Force-delete what a crash left in the state root, stop crun's helper, the network, the bundle."""
+        if self._netns_fd is not None:
+            os.close(self._netns_fd)
+            self._netns_fd = None
         if self._dir is not None:
             state = self._dir / "state"
             if state.is_dir() and self._runtime.binary is not None:
                 for entry in state.iterdir():
                     with contextlib.suppress(OSError, RuntimeError):
                         self._runtime.force_delete(entry.name)
+            self.network.close()  # before the rmtree: the servers' chroot is mounted below the dir
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
         self._runtime.close()
@@ -235,7 +299,17 @@ class OciPlatform:
             "mounts": {
                 SCRATCH: "rbind rw of a host dir under the workdir, emptied before each run"
             },
-            "network": "loopback only: own network namespace, no veth from the host",
+            "network": {
+                **self.network.describe(),
+                **(
+                    {
+                        "joined_by": "/proc/<isobench pid>/fd/<fd>: the helper's mount namespace "
+                        "predates the /run/netns bind mount"
+                    }
+                    if self._netns_fd is not None and hidden
+                    else {}
+                ),
+            },
             "cgroup": f"{CGROUP_PARENT}/<container id>, like the container platform's",
             "limits": limits_record(
                 ctx.limits if ctx else Limits(), "config.json linux.resources (cpu.cpus, memory)"

@@ -23,7 +23,10 @@ import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+from harness.errors import IsobenchError
+from harness.platforms.burst import Burst, burst_of_children
 from harness.runtime import syscalls as sc
 
 UNIFIED = "/sys/fs/cgroup/unified"
@@ -125,6 +128,11 @@ class ReferenceRuntime:
         )
         return self._helper.execute(request) if self._helper is not None else _execute(request)
 
+    def burst(self, runs: list[tuple[str, str]]) -> Burst:
+        """`run` of each (bundle, container id) started at once, each timed to its exit."""
+        argvs = [self.argv(bundle, container_id) for bundle, container_id in runs]
+        return self._helper.burst(argvs) if self._helper is not None else spawn_burst(argvs)
+
     def force_delete(self, container_id: str) -> None:
         """`delete --force`: kill the container if it still runs and remove its state and cgroup."""
         assert self.binary is not None
@@ -224,6 +232,17 @@ def _execute(request: _Request) -> Execution:
     )
 
 
+def spawn_burst(argvs: list[list[str]]) -> Burst:
+    """Spawn every argv at once (stdio on /dev/null), then time each to its exit."""
+    started: dict[int, float] = {}
+    with open(os.devnull, "r+b") as null:
+        actions = [(os.POSIX_SPAWN_DUP2, null.fileno(), fd) for fd in (0, 1, 2)]
+        for argv in argvs:
+            launched = time.perf_counter()
+            started[os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)] = launched
+    return burst_of_children(started, os.path.basename(argvs[0][0]) if argvs else "burst")
+
+
 class _PrivateNsHelper:
     """A forked child in its own mount namespace, cgroup2 mount detached, running commands on request.
 
@@ -257,21 +276,34 @@ class _PrivateNsHelper:
             if request is None:
                 return
             try:
-                reply = dataclasses.asdict(_execute(_Request(**json.loads(request))))
-            except (OSError, ValueError, TypeError) as exc:  # answer: the parent is waiting
+                fields = json.loads(request)
+                if "burst" in fields:
+                    reply = dataclasses.asdict(spawn_burst(fields["burst"]))
+                else:
+                    reply = dataclasses.asdict(_execute(_Request(**fields)))
+            except (OSError, ValueError, TypeError, IsobenchError) as exc:  # the parent waits
                 reply = {"error": str(exc)}
             _write_frame(self._from_child_w, json.dumps(reply).encode())
 
-    def execute(self, request: _Request) -> Execution:
-        """Run one `_execute` request in the private namespace."""
-        _write_frame(self._to_child_w, json.dumps(dataclasses.asdict(request)).encode())
+    def _ask(self, request: dict[str, object]) -> dict[str, Any]:
+        """Send one request, wait for its reply; the child's errors are raised here."""
+        _write_frame(self._to_child_w, json.dumps(request).encode())
         frame = _read_frame(self._from_child_r)
         if frame is None:
             raise RuntimeError("private-namespace helper exited")
-        reply = json.loads(frame)
+        reply: dict[str, Any] = json.loads(frame)
         if "error" in reply:
             raise RuntimeError(f"private-namespace helper: {reply['error']}")
-        return Execution(**reply)
+        return reply
+
+    def execute(self, request: _Request) -> Execution:
+        """Run one `_execute` request in the private namespace."""
+        return Execution(**self._ask(dataclasses.asdict(request)))
+
+    def burst(self, argvs: list[list[str]]) -> Burst:
+        """spawn_burst(argvs) in the private namespace."""
+        reply = self._ask({"burst": argvs})
+        return Burst(float(reply["total_s"]), tuple(float(v) for v in reply["per_launch_s"]))
 
     def timed(self, argv: list[str]) -> float:
         """Seconds from launch to exit of argv; raises with its stderr if it fails."""

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from harness.report.load import BenchmarkInfo, MetricInfo, RunResult, Sample
+from harness.report.load import NOT_APPLICABLE, BenchmarkInfo, MetricInfo, RunResult, Sample
 from harness.stats import (
     Estimate,
     OverheadRatio,
@@ -59,6 +59,7 @@ class RunAnalysis:
     rows: tuple[Row, ...]
     warnings: tuple[str, ...]
     failed: tuple[Sample, ...]
+    not_applicable: tuple[tuple[str, str, str], ...]  # (platform, benchmark, why), once each
     tcg: frozenset[str]
     blocks_done: int
 
@@ -114,7 +115,7 @@ def analyse(run: RunResult, include_tcg: bool = False) -> RunAnalysis:
     """
     tcg = frozenset(p for p, d in run.platforms.items() if d.get("accel") == "tcg")
     measured = [s for s in run.samples if not s.warmup]
-    good = [s for s in measured if not s.failed]
+    good = [s for s in measured if not s.failed and not s.not_applicable]
     rows = []
     by_rank = sorted(run.benchmarks.values(), key=lambda b: (_category_rank(b.category), b.name))
     for bench in by_rank:
@@ -149,6 +150,7 @@ def analyse(run: RunResult, include_tcg: bool = False) -> RunAnalysis:
         rows=tuple(rows),
         warnings=_warnings(run, rows, measured, tcg, include_tcg),
         failed=tuple(s for s in measured if s.failed),
+        not_applicable=_not_applicable(measured),
         tcg=tcg,
         blocks_done=len({s.block for s in good}),
     )
@@ -211,3 +213,12 @@ def _warnings(
         noun = "sample" if len(failed) == 1 else "samples"
         out.append(f"{len(failed)} failed {noun} (listed below), left out of every figure")
     return tuple(out)
+
+
+def _not_applicable(samples: list[Sample]) -> tuple[tuple[str, str, str], ...]:
+    """Each (platform, benchmark) a platform could not measure, with its reason, once."""
+    seen: dict[tuple[str, str], str] = {}
+    for s in samples:
+        if s.not_applicable and s.error is not None:
+            seen.setdefault((s.platform, s.benchmark), s.error.removeprefix(NOT_APPLICABLE))
+    return tuple((platform, bench, why) for (platform, bench), why in sorted(seen.items()))

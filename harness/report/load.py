@@ -45,6 +45,9 @@ class BenchmarkInfo:
     metrics: tuple[MetricInfo, ...]
 
 
+NOT_APPLICABLE = "NotApplicable: "  # how the scheduler records errors.NotApplicable
+
+
 @dataclass(frozen=True)
 class Sample:
     """One raw sample; failed when the tool reported an error or a non-zero exit."""
@@ -60,8 +63,15 @@ class Sample:
     steal_pct: float | None
 
     @property
+    def not_applicable(self) -> bool:
+        """The platform cannot take this measurement at all (errors.NotApplicable): no figure, no failure."""
+        return self.error is not None and self.error.startswith(NOT_APPLICABLE)
+
+    @property
     def failed(self) -> bool:
         """The tool or the platform failed: the sample's metrics are not trusted."""
+        if self.not_applicable:
+            return False
         return self.error is not None or self.exit_code not in (None, 0)
 
 

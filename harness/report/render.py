@@ -103,7 +103,7 @@ def _startup_table(rows: list[Row]) -> Table:
     header = ("benchmark", "platform", "n", *(f"p{q} ({unit})" for q in (50, 90, 99)))
     cells = [
         (
-            r.benchmark.name,
+            r.benchmark.name if r.is_primary else f"{r.benchmark.name} ({r.metric.name})",
             r.platform,
             str(r.estimate.n),
             *(f"{percentile(r.values, q) * scale:.4g}" for q in (50, 90, 99)),
@@ -152,7 +152,13 @@ def _parts(a: RunAnalysis) -> list[Part]:
     for category in sorted({r.benchmark.category for r in a.rows}, key=_category_rank):
         rows = a.primary_rows(category)
         if category == "startup":
-            parts.append(_startup_table(rows))
+            # A burst's per-launch time is as telling as its total: both get rows.
+            per_launch = [
+                r
+                for r in a.rows
+                if r.benchmark.category == category and r.metric.name == "per_launch_p50_s"
+            ]
+            parts.append(_startup_table(rows + per_launch))
         else:
             parts.append(_benchmark_table(category, rows))
         parts.extend(Image(alt, png) for alt, png in plots.category_figures(a, category))
@@ -161,6 +167,10 @@ def _parts(a: RunAnalysis) -> list[Part]:
     if run.skipped:
         parts.append(
             Table("Skipped platforms", ("platform", "reason"), sorted(run.skipped.items()))
+        )
+    if a.not_applicable:
+        parts.append(
+            Table("Not applicable", ("platform", "benchmark", "why"), list(a.not_applicable))
         )
     if a.failed:
         header = ("block", "platform", "benchmark", "exit code", "error")

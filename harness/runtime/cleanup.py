@@ -2,7 +2,8 @@
 
 Everything the runtime makes is findable by name: state directories under the
 state root, cgroups under CGROUP_PARENT (`/isobench-runtime/<id>`) in every
-hierarchy. Containers whose id carries the isobench prefix are the harness's
+hierarchy, network namespaces under /run/netns and veths (by the run's
+record). Containers whose id carries the isobench prefix are the harness's
 own and are killed if still running (by the pid their state file recorded,
 checked against its start time); any other id is removed only once stopped.
 """
@@ -84,6 +85,14 @@ def cleanup(
                 os.rmdir(runtime.root)
     yield from _sweep_image_store(runtime, dry_run, everything)
     yield from _sweep_run_workdirs(dry_run)
+    yield from _sweep_network(dry_run)
+
+
+def _sweep_network(dry_run: bool) -> Iterator[str]:
+    """Peer and platform network namespaces and veths of killed runs (harness.platforms.network)."""
+    from harness.platforms.network import sweep
+
+    yield from sweep(dry_run)
 
 
 def _sweep_run_workdirs(dry_run: bool) -> Iterator[str]:

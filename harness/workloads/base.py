@@ -9,9 +9,11 @@ launch of a container or a VM is not part of them; startup is its own category.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+PEER = "{peer}"  # in argv and peer_argv: the host-side peer's address as the platform sees it
 CATEGORIES = ("cpu", "memory", "io", "startup", "ipc", "syscall", "network")
 PROFILES = ("smoke", "quick", "full")
 
@@ -42,6 +44,11 @@ class Workload:
     scratch: str | None = None
     env: tuple[tuple[str, str], ...] = ()
     sizes: dict[str, object] = field(default_factory=dict)  # recorded with results
+    # Network benchmarks with a host side: peer_argv (a server, the image's binary)
+    # runs on the host, in the run's peer network namespace (bare: the host's own),
+    # listening on peer_port before argv starts, and is killed after it.
+    peer_argv: tuple[str, ...] | None = None
+    peer_port: int | None = None
 
     def metric(self, name: str) -> Metric:
         """The metric called name."""
@@ -49,3 +56,9 @@ class Workload:
             if metric.name == name:
                 return metric
         raise KeyError(name)
+
+    def with_peer(self, address: str) -> Workload:
+        """The workload with PEER in argv and peer_argv replaced by address."""
+        argv = tuple(arg.replace(PEER, address) for arg in self.argv)
+        peer = tuple(arg.replace(PEER, address) for arg in self.peer_argv or ()) or None
+        return dataclasses.replace(self, argv=argv, peer_argv=peer)

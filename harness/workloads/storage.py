@@ -34,7 +34,7 @@ KINDS: dict[str, tuple[str, str, str, str]] = {
 # out first (not measured). Here: seq ~1 GiB/s, random 4 KiB ~13k IOPS direct.
 FILE_MIB = {
     "smoke": {"seq": 64, "rand": 8},
-    "quick": {"seq": 512, "rand": 64},
+    "quick": {"seq": 256, "rand": 32},
     "full": {"seq": 4096, "rand": 1024},
 }
 

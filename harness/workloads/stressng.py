@@ -90,7 +90,7 @@ def stress_ng_workload(
 # ---------------------------------------------------------------- CPU
 
 # Bogo-ops per instance: one 128x128 matrix product each (about 1.7 ms here).
-MATRIX_OPS = {"smoke": 200, "quick": 1200, "full": 12000}
+MATRIX_OPS = {"smoke": 200, "quick": 500, "full": 12000}
 MATRIX = ("--matrix-method", "prod", "--matrix-size", "128")
 
 
@@ -146,7 +146,7 @@ def stream(profile: str) -> Workload:
     )
 
 
-RANDLIST_OPS = {"smoke": 1, "quick": 3, "full": 20}
+RANDLIST_OPS = {"smoke": 1, "quick": 1, "full": 20}
 # One list item: stress-ng's 16-byte header (next pointer, value) plus 48 bytes of data,
 # one 64-byte cache line; --randlist-compact puts them in one allocation.
 RANDLIST_ITEM_BYTES = 64
@@ -197,23 +197,23 @@ def randlist(profile: str) -> Workload:
 # is System V too, which needs no /dev/shm mount in the platform.
 IPC: dict[str, tuple[str, tuple[str, ...], dict[str, int]]] = {
     # a writer and a reader process; one bogo-op per pipe write
-    "pipe": ("pipe", (), {"smoke": 300_000, "quick": 3_000_000, "full": 30_000_000}),
+    "pipe": ("pipe", (), {"smoke": 300_000, "quick": 1_000_000, "full": 30_000_000}),
     # socketpair(AF_UNIX) between a client and a server process, randomly sized I/O
-    "unix-socket": ("sockpair", (), {"smoke": 10_000, "quick": 100_000, "full": 1_000_000}),
+    "unix-socket": ("sockpair", (), {"smoke": 10_000, "quick": 40_000, "full": 1_000_000}),
     # client and server over lo: connect, sends and receives, disconnect
     "tcp-loopback": (
         "sock",
         ("--sock-domain", "ipv4", "--sock-if", "lo"),
-        {"smoke": 100, "quick": 700, "full": 10_000},
+        {"smoke": 100, "quick": 300, "full": 10_000},
     ),
     # one bogo-op creates and destroys 8 segments of 8 MiB
-    "shm": ("shm-sysv", (), {"smoke": 100, "quick": 1_400, "full": 15_000}),
+    "shm": ("shm-sysv", (), {"smoke": 100, "quick": 500, "full": 15_000}),
     # a sender and a receiver process; one bogo-op per message sent
-    "mq": ("mq", (), {"smoke": 60_000, "quick": 600_000, "full": 6_000_000}),
+    "mq": ("mq", (), {"smoke": 60_000, "quick": 250_000, "full": 6_000_000}),
     # wait and post by a parent and 4 children contending on one semaphore
-    "sem": ("sem-sysv", (), {"smoke": 20_000, "quick": 100_000, "full": 1_000_000}),
+    "sem": ("sem-sysv", (), {"smoke": 20_000, "quick": 40_000, "full": 1_000_000}),
     # sigqueue(SIGUSR1) to a child waiting in sigwaitinfo; one bogo-op per signal sent
-    "signal": ("sigq", (), {"smoke": 60_000, "quick": 600_000, "full": 6_000_000}),
+    "signal": ("sigq", (), {"smoke": 60_000, "quick": 250_000, "full": 6_000_000}),
 }
 
 

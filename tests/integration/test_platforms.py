@@ -160,6 +160,11 @@ def test_platform_runs_the_image_and_leaves_nothing(
 
         assert 0 < platform.launch_latency() < 10
 
+        burst = platform.launch_burst(4)
+        assert len(burst.per_launch_s) == 4 and all(t > 0 for t in burst.per_launch_s)
+        # The burst spans every launch: its total is at least the longest one.
+        assert max(burst.per_launch_s) <= burst.total_s < 60
+
         described = platform.describe()
         assert described["name"] == name and described["image_digest"] == ctx.image_digest
     finally:

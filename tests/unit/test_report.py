@@ -140,6 +140,8 @@ def synth_run(
                 add(block, platform, "startup.launch", {"launch_s": launch})
     if with_failure:
         add(3, "container", "cpu.sysbench", {}, exit_code=1, error="sysbench: fatal: out of events")
+        na = "NotApplicable: vm: no NIC in the guest for a host peer"
+        add(3, "vm", "cpu.sysbench", {}, exit_code=-1, error=na)
     return {
         "machine_info": {"node": "testhost"},
         "commit_info": {"id": "0123abc"},
@@ -246,6 +248,18 @@ def test_failed_and_warmup_samples_stay_out_of_the_figures(run_file: Path) -> No
     row = analysis.row("cpu.sysbench", "container")
     assert row is not None and row.estimate.n == 8  # not the warm-up, not the failed sample
     assert [s.error for s in analysis.failed] == ["sysbench: fatal: out of events"]
+
+
+def test_not_applicable_samples_are_listed_apart_not_as_failures(
+    run_file: Path, tmp_path: Path
+) -> None:
+    analysis = analyse(load_results([run_file])[0])
+    assert analysis.not_applicable == (
+        ("vm", "cpu.sysbench", "vm: no NIC in the guest for a host peer"),
+    )
+    assert not any(s.platform == "vm" for s in analysis.failed)
+    text = build_report(load_results([run_file]), tmp_path / "out").markdown.read_text()
+    assert "| vm | cpu.sysbench | vm: no NIC in the guest for a host peer |" in text
 
 
 def test_one_block_gives_a_ratio_without_interval(tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ContainerError, UserError
+from harness.errors import ContainerError, NotApplicable, UserError
 from harness.platforms.base import Outcome, RunContext
+from harness.platforms.burst import BURST_SIZE, Burst
 from harness.results import WARMUP_BLOCK, ResultFile, RunHeader
 from harness.scheduler import (
     STARTUP_WORKLOAD,
@@ -128,6 +129,12 @@ class FakePlatform:
     def launch_latency(self) -> float:
         self._count("launch")
         return 0.001 * self.speed
+
+    def launch_burst(self, count: int) -> Burst:
+        self._count("burst")
+        if self.raise_error:
+            raise NotApplicable(f"{self.name}: no bursts here")
+        return Burst(0.01 * self.speed, tuple(0.005 * self.speed for _ in range(count)))
 
     def teardown(self) -> None:
         pass
@@ -271,6 +278,30 @@ def test_startup_launches_are_samples_of_startup_launch(tmp_path: Path) -> None:
     assert entry["extra_info"]["higher_is_better"] is False
 
 
+def test_a_burst_is_one_sample_per_block_and_platform(tmp_path: Path) -> None:
+    results = run(tmp_path / "r.json", fakes(), blocks=2, startup_launches=5)
+    bursts = [s for s in results.samples if s.benchmark == "startup.burst" and not s.warmup]
+    assert sorted((s.block, s.platform) for s in bursts) == sorted(
+        (block, p.name) for block in range(2) for p in fakes()
+    )
+    bare = next(s for s in bursts if s.platform == "bare")
+    assert bare.metrics["total_s"] == 0.01
+    assert bare.metrics["per_launch_p50_s"] == 0.005
+    assert bare.metrics["launches_per_s"] == pytest.approx(BURST_SIZE / 0.01)
+
+
+def test_a_platform_without_bursts_records_why(tmp_path: Path) -> None:
+    platforms = [FakePlatform("bare"), FakePlatform("vm", raise_error=True)]
+    results = run(tmp_path / "r.json", platforms, blocks=1, startup_launches=1)
+    [vm_burst] = [
+        s
+        for s in results.samples
+        if s.benchmark == "startup.burst" and s.platform == "vm" and not s.warmup
+    ]
+    assert vm_burst.metrics == {} and vm_burst.error is not None
+    assert "NotApplicable: vm: no bursts here" in vm_burst.error
+
+
 def test_progress_reports_every_step(tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
     run(tmp_path / "r.json", fakes(), blocks=2, progress=lambda d, t, s: seen.append((d, t)))
@@ -299,9 +330,10 @@ def uninterrupted(tmp_path: Path, **kw: object) -> list[tuple[int, str, str]]:
     return keys(run(tmp_path / "whole.json", fakes(), **kw))  # type: ignore[arg-type]
 
 
-# kill_after counts calls on 'container': 4 in the warm-up, then 5 per block (3 runs, 2 launches).
+# kill_after counts calls on 'container': 5 in the warm-up, then 6 per block (3 runs,
+# 2 launches, 1 burst).
 @pytest.mark.parametrize(
-    ("kill_after", "killed_in"), [(0, None), (2, -1), (5, 0), (13, 1), (20, 3)]
+    ("kill_after", "killed_in"), [(0, None), (2, -1), (6, 0), (13, 1), (24, 3)]
 )
 def test_resume_after_a_kill_gives_the_uninterrupted_sequence(
     tmp_path: Path, kill_after: int, killed_in: int | None
