@@ -7,9 +7,10 @@ PY     := $(VENV)/bin/python
 # Debian packages: the runtime and its references (busybox-static runc crun libseccomp2),
 # the workload tools baked into the image (fio stress-ng sysbench iperf3), image interop
 # checks (skopeo umoci), the compiler for isobench's own static C programs in the image
-# (gcc libc6-dev), the VM platform (qemu-system-x86 qemu-utils libvirt-daemon
-# libvirt-daemon-driver-qemu; libvirt-dev pkg-config to build libvirt-python), and the basics (iproute2 util-linux kmod python3-venv).
-APT_PACKAGES := busybox-static runc crun libseccomp2 fio stress-ng sysbench iperf3 skopeo umoci hyperfine iproute2 util-linux kmod python3-venv gcc libc6-dev qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-dev pkg-config
+# (gcc libc6-dev), the VM guest and its scratch disk (qemu-system-x86 e2fsprogs), the libvirt
+# side (qemu-utils libvirt-daemon libvirt-daemon-driver-qemu; libvirt-dev pkg-config to build
+# libvirt-python), and the basics (iproute2 util-linux kmod python3-venv).
+APT_PACKAGES := busybox-static runc crun libseccomp2 fio stress-ng sysbench iperf3 skopeo umoci hyperfine iproute2 util-linux kmod python3-venv gcc libc6-dev qemu-system-x86 e2fsprogs qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-dev pkg-config
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup system-packages bench bench-runtime test unit integration lint cleanup clean
@@ -18,6 +19,8 @@ setup: system-packages $(STAMP)
 	@# Bytecode up front: with PYTHONDONTWRITEBYTECODE set, every isobench-runtime
 	@# call would otherwise recompile the package (tens of ms per container launch).
 	@$(PY) -m compileall -q harness
+	@# The VM guest's kernel: a Debian linux-image package, fetched once into the cache (root only).
+	@if [ "$$(id -u)" = 0 ]; then $(VENV)/bin/isobench vm fetch-kernel >/dev/null; fi
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \

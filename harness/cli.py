@@ -79,6 +79,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="what this host can run, and why not")
 
+    vm = sub.add_parser("vm", help="the VM guest: kernel")
+    vm_verbs = vm.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    fetch = vm_verbs.add_parser(
+        "fetch-kernel", help="find the guest kernel (fetching a Debian one into the cache)"
+    )
+    fetch.add_argument("--guest-kernel", type=Path, default=None, help="a bzImage to use")
+    fetch.add_argument("--cache-dir", type=Path, default=None, help="Debian kernel cache")
+
     image = sub.add_parser("image", help="the workload image: build, inspect, snapshot, export")
     image.add_argument(
         "--home", type=Path, default=None, help="image store (default $ISOBENCH_HOME)"
@@ -212,6 +220,14 @@ def main(argv: list[str] | None = None) -> int:
             for line in summary_lines(results, include_tcg=args.include_tcg):
                 print(line)
             print(f"report: {paths.html}")
+            return 0
+        if args.command == "vm":
+            from harness.vm.kernel import default_cache_dir, find_kernel
+
+            kernel = find_kernel(args.guest_kernel, args.cache_dir or default_cache_dir())
+            print(
+                f"{kernel.vmlinuz} {kernel.version} modules={kernel.modules_root} ({kernel.source})"
+            )
             return 0
         if args.command == "doctor":
             from harness.doctor import doctor_lines

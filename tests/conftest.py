@@ -41,6 +41,7 @@ CAPABILITIES: dict[str, Callable[[], bool]] = {
     "busybox": lambda: shutil.which("busybox") is not None,
     "iproute2": lambda: shutil.which("ip") is not None,
     "seccomp": _seccomp,
+    "gcc": lambda: shutil.which("gcc") is not None,
     "qemu": lambda: shutil.which("qemu-system-x86_64") is not None,
     "libvirt": lambda: importlib.util.find_spec("libvirt") is not None,
 }
