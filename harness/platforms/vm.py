@@ -252,7 +252,7 @@ class VmPlatform:
         """The workload's argv through the agent, libvirt's stats sampled meanwhile."""
         if self._guest is None or self._state is None:
             raise EnvironmentError_("vm platform: prepare() has not run")
-        if getattr(workload, "peer_argv", None):
+        if workload.peer_argv is not None:
             raise NotApplicable(
                 "vm: the guest has no network device, so no host-side peer can reach it"
             )

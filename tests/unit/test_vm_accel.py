@@ -139,3 +139,17 @@ def test_doctor_explains_the_cached_verdict(
     )  # fmt: skip
     line = _kvm_verdict("QEMU 7.2")
     assert line.startswith("kvm: not used, VMs run under TCG") and "guest hung" in line
+
+
+def test_a_host_peer_workload_is_not_applicable_on_the_vm() -> None:
+    from harness.errors import NotApplicable
+    from harness.platforms.vm import VmPlatform
+    from harness.workloads import BENCHMARKS, workloads
+
+    peered = [w for w in workloads(list(BENCHMARKS), "smoke") if w.peer_argv is not None]
+    assert peered, "the catalog has host-peer network benchmarks"
+    platform = VmPlatform()
+    platform._guest = object()  # type: ignore[assignment]
+    platform._state = object()  # type: ignore[assignment]
+    with pytest.raises(NotApplicable, match="no network device"):
+        platform.run(peered[0])
