@@ -169,6 +169,10 @@ def _vm_options(args: argparse.Namespace) -> VmOptions:
         raise UserError(
             f"--guest-kernel {args.guest_kernel}: no such file; accepted: a bzImage kernel file"
         )
+    if args.libvirt_uri is not None:
+        from harness.vm.connection import embed_root
+
+        embed_root(args.libvirt_uri)  # a malformed embed URI is bad input: exit 2, before any work
     return VmOptions(
         uri=args.libvirt_uri,
         accel=args.accel,
