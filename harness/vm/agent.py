@@ -24,6 +24,7 @@ from harness.vm.protocol import Kind, RunReply
 AGENT_CHANNEL = "org.isobench.agent.0"
 RUN_SLACK_S = 30.0  # on top of a RUN's own timeout: output transfer, a slow TCG guest
 REPLY_TIMEOUT_S = 30.0  # PING, FETCH, POWEROFF
+HELLO_AFTER_S = 2.0  # no READY by then on a connection: ask for it
 _SIGKILL = 9
 
 
@@ -53,6 +54,10 @@ class AgentError(EnvironmentError_):
     def __init__(self, message: str, err: int) -> None:
         super().__init__(message)
         self.errno = err
+
+
+class _NoReply(EnvironmentError_):
+    """No frame arrived in time (the channel itself is fine)."""
 
 
 class AgentClient:
@@ -85,7 +90,16 @@ class AgentClient:
 
     def wait_ready(self, timeout_s: float) -> Ready:
         """Wait for the agent's READY; EnvironmentError_ when it does not come within timeout_s."""
-        payload = self._receive(timeout_s, "READY")
+        deadline = time.monotonic() + timeout_s
+        try:
+            # A guest that saw this connection arrive greets it unasked; one that missed
+            # a fast reconnect is asked with HELLO (a second READY later is skipped).
+            payload = self._receive(min(timeout_s, HELLO_AFTER_S), "READY")
+        except _NoReply:
+            if timeout_s <= HELLO_AFTER_S:
+                raise
+            self._send(protocol.encode_simple(Kind.HELLO), "HELLO")
+            payload = self._receive(max(0.0, deadline - time.monotonic()), "READY")
         host_s = time.monotonic()
         return Ready(boot_s=protocol.decode_ready(payload) / 1e9, host_monotonic_s=host_s)
 
@@ -154,21 +168,28 @@ class AgentClient:
     def _request(
         self, payload: bytes, expected: Kind, timeout_s: float, what: str
     ) -> protocol.Decoder:
+        self._send(payload, what)
+        deadline = time.monotonic() + timeout_s
+        received = self._receive(timeout_s, what)
+        while protocol.Decoder(received).kind == Kind.READY:  # a duplicate greeting
+            received = self._receive(max(0.0, deadline - time.monotonic()), what)
+        reply = protocol.decode_reply(received, expected)
+        if isinstance(reply, protocol.ErrorReply):
+            raise AgentError(f"guest agent refused {what}: {reply.message}", reply.errno)
+        return reply
+
+    def _send(self, payload: bytes, what: str) -> None:
         try:
             self._sock.sendall(protocol.frame(payload))
         except OSError as e:
             raise EnvironmentError_(f"agent {what}: send to {self._path}: {e}") from e
-        reply = protocol.decode_reply(self._receive(timeout_s, what), expected)
-        if isinstance(reply, protocol.ErrorReply):
-            raise AgentError(f"guest agent refused {what}: {reply.message}", reply.errno)
-        return reply
 
     def _receive(self, timeout_s: float, what: str) -> bytes:
         self._deadline = time.monotonic() + timeout_s
         try:
             return protocol.read_frame(self._recv)
         except TimeoutError:
-            raise EnvironmentError_(
+            raise _NoReply(
                 f"guest agent sent no {what} reply within {timeout_s:g} s ({self._path})"
             ) from None
         except protocol.ProtocolError as e:

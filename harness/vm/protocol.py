@@ -15,7 +15,11 @@ The guest end is harness/image/csrc/isobench-agent.c; both sides document the sa
               truncated), bytes stdout, stderr
     DATA   7  bytes content
     OK     9  -
-    ERROR 10  u32 errno (0: protocol error), bytes message
+    ERROR 10  u32 errno (0: protocol error), bytes message     HELLO   11  -            -> READY
+
+The agent says READY unasked on every new connection it notices; HELLO asks for it
+when the host reconnected too fast for the guest to see the gap. A READY that
+arrives while another reply is awaited is a duplicate and is skipped.
 
 Any request may get ERROR instead. No JSON: the C side parses a handful of
 integers and byte strings, with bounds checks and nothing else.
@@ -50,6 +54,7 @@ class Kind(IntEnum):
     POWEROFF = 8
     OK = 9
     ERROR = 10
+    HELLO = 11
 
 
 class ProtocolError(EnvironmentError_):

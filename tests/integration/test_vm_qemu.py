@@ -76,10 +76,11 @@ def booted(base: Path, kernel: GuestKernel) -> Iterator[Booted]:
     disk = make_scratch_disk(base / "scratch.img", 64)
     config = QemuConfig(kernel.vmlinuz, initramfs, base / "console.log", scratch_disk=disk)
     guest, client, ready = boot_to_ready(config, RUN_ID, READY_TIMEOUT_S)
+    booted_guest = Booted(base, kernel, store, initramfs, guest, client, ready)
     try:
-        yield Booted(base, kernel, store, initramfs, guest, client, ready)
+        yield booted_guest
     finally:
-        client.close()
+        booted_guest.client.close()  # the reconnect test replaces the first client
         guest.close()
         assert not process_alive(guest.pid)
 
@@ -125,6 +126,14 @@ def test_a_second_build_reuses_the_cached_initramfs(booted: Booted) -> None:
     mtime = booted.initramfs.stat().st_mtime_ns
     again = build_guest_initramfs(booted.store, TAG, booted.kernel, booted.initramfs.parent)
     assert again == booted.initramfs and again.stat().st_mtime_ns == mtime
+
+
+def test_a_new_connection_is_greeted_with_ready_again(booted: Booted) -> None:
+    booted.client.close()
+    booted.client = AgentClient.connect(booted.guest.agent_socket, 10)
+    again = booted.client.wait_ready(30)
+    assert again.boot_s == booted.ready.boot_s  # the first readiness, not the reconnect
+    assert booted.client.run(["/bin/true"]).exit_code == 0
 
 
 def test_poweroff_ends_qemu_and_leaves_nothing(booted: Booted) -> None:

@@ -27,10 +27,12 @@
  *     RUN       4  strv argv, strv env, bytes cwd, u32 timeout_ms (0: none) -> RESULT
  *     FETCH     6  bytes path                               -> DATA
  *     POWEROFF  8  (nothing)             -> OK, then sync and power off
+ *     HELLO    11  (nothing)                                -> READY (again)
  * Any request can get ERROR instead. A frame that cannot be parsed gets ERROR
  * and the agent carries on; a bad length also drops the input queued before its
  * ERROR is sent, since the next frame boundary is unknown. When the host disconnects, the agent
- * waits for the next connection and says READY again (the same boottime).
+ * waits for the next connection and says READY again (the same boottime); a host
+ * that reconnects too fast for the guest to see the gap asks with HELLO instead.
  * RUN: stdin is /dev/null, the command leads its own process group, and that
  * group is SIGKILLed on timeout and when the command exits (no stray daemons
  * between benchmarks). An exec failure is exit code 127 (not found) or 126, with
@@ -65,7 +67,7 @@
 #define DEFAULT_PATH "/usr/sbin:/usr/bin:/sbin:/bin"
 
 enum { READY = 1, PING = 2, PONG = 3, RUN = 4, RESULT = 5, FETCH = 6, DATA = 7,
-       POWEROFF = 8, OK = 9, ERROR = 10 };
+       POWEROFF = 8, OK = 9, ERROR = 10, HELLO = 11 };
 
 struct buf { unsigned char *p; size_t len, cap; };
 struct rd { const unsigned char *p; size_t len, off; int bad; };
@@ -553,6 +555,7 @@ static void serve(void)
             if (fd_mode)
                 exit(0);
             /* The host closed its end (or is not there yet): wait, then greet the next one. */
+            say("host end closed (read %s); waiting for the next connection", rc < 0 ? strerror(errno) : "EOF");
             usleep(20000);
             send_ready();
             continue;
@@ -569,6 +572,15 @@ static void serve(void)
             put_u32(&out, PONG);
             put_u64(&out, now_ns(CLOCK_BOOTTIME));
             break;
+        case HELLO:
+            if (r.off != r.len) {
+                reply_error(&out, 0, "HELLO: unexpected fields");
+                break;
+            }
+            put_u32(&out, READY);
+            put_u32(&out, PROTOCOL_VERSION);
+            put_u64(&out, ready_boot_ns);
+            break;
         case RUN:
             do_run(&r, &out);
             break;
@@ -581,7 +593,7 @@ static void serve(void)
             power_off();
             break;
         default:
-            reply_error(&out, 0, "unknown request kind %u; accepted: PING 2, RUN 4, FETCH 6, POWEROFF 8", kind);
+            reply_error(&out, 0, "unknown request kind %u; accepted: PING 2, RUN 4, FETCH 6, POWEROFF 8, HELLO 11", kind);
         }
         send_frame(&out);
     }
