@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import IsobenchError
+
+if TYPE_CHECKING:
+    from harness.platforms.vm import VmOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +39,9 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also running containers without the isobench- prefix, and kept ones",
     )
+    clean.add_argument(
+        "--libvirt-uri", default=None, help="where to sweep guests (default: the embedded driver)"
+    )
 
     run = sub.add_parser(
         "run", help="run the benchmark suite in randomised blocks; writes a results file"
@@ -57,6 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--image", default="isobench/workload:latest", help="image reference (built if missing)"
     )
+    _vm_arguments(run)
 
     report = sub.add_parser("report", help="HTML page, Markdown summary and CSV from results files")
     report.add_argument("results", nargs="+", type=Path)
@@ -70,6 +78,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("doctor", help="what this host can run, and why not")
+
+    vm = sub.add_parser("vm", help="the VM guest: kernel")
+    vm_verbs = vm.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    fetch = vm_verbs.add_parser(
+        "fetch-kernel", help="find the guest kernel (fetching a Debian one into the cache)"
+    )
+    fetch.add_argument("--guest-kernel", type=Path, default=None, help="a bzImage to use")
+    fetch.add_argument("--cache-dir", type=Path, default=None, help="Debian kernel cache")
 
     image = sub.add_parser("image", help="the workload image: build, inspect, snapshot, export")
     image.add_argument(
@@ -122,6 +138,49 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _vm_arguments(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--libvirt-uri",
+        default=None,
+        help="vm platform: libvirt URI (default: the embedded driver, qemu:///embed?root=<home>/libvirt)",
+    )
+    run.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="vm platform: auto = KVM only when a probe guest really boots under it",
+    )
+    run.add_argument(
+        "--guest-kernel", type=Path, default=None, help="vm platform: the guest's bzImage"
+    )
+    run.add_argument(
+        "--include-tcg",
+        action="store_true",
+        help="vm platform: record that this run's TCG figures go into overhead ratios",
+    )
+
+
+def _vm_options(args: argparse.Namespace) -> VmOptions:
+    from harness.platforms.vm import VmOptions
+
+    if args.guest_kernel is not None and not args.guest_kernel.is_file():
+        from harness.errors import UserError
+
+        raise UserError(
+            f"--guest-kernel {args.guest_kernel}: no such file; accepted: a bzImage kernel file"
+        )
+    if args.libvirt_uri is not None:
+        from harness.vm.connection import embed_root
+
+        embed_root(args.libvirt_uri)  # a malformed embed URI is bad input: exit 2, before any work
+    return VmOptions(
+        uri=args.libvirt_uri,
+        accel=args.accel,
+        guest_kernel=args.guest_kernel,
+        include_tcg=args.include_tcg,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `isobench` console script."""
     args = _build_parser().parse_args(argv)
@@ -129,7 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "cleanup":
             from harness.runtime.cleanup import cleanup
 
-            for line in cleanup(root=args.root, dry_run=args.dry_run, everything=args.all):
+            lines = cleanup(
+                root=args.root,
+                dry_run=args.dry_run,
+                everything=args.all,
+                libvirt_uri=args.libvirt_uri,
+            )
+            for line in lines:
                 print(line)
             return 0
         if args.command == "image":
@@ -149,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 results_dir=args.results,
                 resume=args.resume,
                 image_ref=args.image,
+                vm_options=_vm_options(args),
             )
             print(path)
             return 0
@@ -161,6 +227,14 @@ def main(argv: list[str] | None = None) -> int:
             for line in summary_lines(results, include_tcg=args.include_tcg):
                 print(line)
             print(f"report: {paths.html}")
+            return 0
+        if args.command == "vm":
+            from harness.vm.kernel import default_cache_dir, find_kernel
+
+            kernel = find_kernel(args.guest_kernel, args.cache_dir or default_cache_dir())
+            print(
+                f"{kernel.vmlinuz} {kernel.version} modules={kernel.modules_root} ({kernel.source})"
+            )
             return 0
         if args.command == "doctor":
             from harness.doctor import doctor_lines

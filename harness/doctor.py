@@ -77,7 +77,7 @@ def _vm_lines(facts: dict[str, object], tools: dict[str, object]) -> list[str]:
     kvm = facts["kvm"]
     assert isinstance(kvm, dict)
     kvm_line = (
-        "kvm: /dev/kvm present (read-write); usable: not probed (only a booted guest tells)"
+        _kvm_verdict(str(tools.get("qemu-system-x86_64") or "unknown"))
         if kvm["dev_kvm"]
         else "kvm: no usable /dev/kvm: VMs would run under TCG emulation, labelled accel=tcg"
     )
@@ -91,6 +91,22 @@ def _vm_lines(facts: dict[str, object], tools: dict[str, object]) -> list[str]:
         + (str(virsh) if virsh else "missing (Debian package libvirt-clients)"),
         f"qemu: {tools.get('qemu-system-x86_64') or 'missing (Debian package qemu-system-x86)'}",
     ]
+
+
+def _kvm_verdict(qemu_version: str) -> str:
+    """What the vm platform's KVM probe found on this boot with this QEMU (it caches its verdict)."""
+    from harness.image.store import default_home
+    from harness.vm.accel import CACHE_NAME, cache_key, cached_decision
+
+    decision = cached_decision(default_home() / CACHE_NAME, cache_key(qemu_version))
+    if decision is None:
+        return (
+            "kvm: /dev/kvm present (read-write); not probed yet on this boot: the first "
+            "`isobench run --platform vm` boots a probe guest and records why it picks kvm or tcg"
+        )
+    if decision.accel == "kvm":
+        return f"kvm: usable: {decision.reason}"
+    return f"kvm: not used, VMs run under TCG (labelled accel=tcg): {decision.reason}"
 
 
 def tuning_lines(facts: dict[str, object]) -> list[str]:

@@ -17,12 +17,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import EnvironmentError_, IsobenchError
 from harness.platforms.base import Platform, RunContext
+from harness.platforms.vm import VmOptions
 
 if TYPE_CHECKING:
     from harness.results import ResultFile
@@ -50,6 +52,7 @@ def run_suite(
     results_dir: Path = Path("results"),
     resume: Path | None = None,
     image_ref: str = DEFAULT_IMAGE,
+    vm_options: VmOptions | None = None,
 ) -> Path:
     """Run the suite (or resume a killed run); returns the results file's path."""
     from harness.platforms import select
@@ -74,7 +77,8 @@ def run_suite(
     launches = PROFILE_STARTUP_LAUNCHES[profile] if startup else 0
     validate_request(blocks, startup_launches=launches)
     selected = select_workloads(named or None, profile) if (named or benchmarks is None) else []
-    requested = select(list(platforms) if platforms else None)
+    vm_options = replace(vm_options or VmOptions(), results_dir=results_dir)
+    requested = select(list(platforms) if platforms else None, vm_options)
 
     digest, tools = _image(image_ref)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
@@ -152,15 +156,22 @@ def _run(
             label = f"{getattr(sample, 'benchmark', '')} on {getattr(sample, 'platform', '')}"
             bar.update(task, completed=done, total=total, description=label[:60])
 
-        run_blocks(
-            platforms,
-            workloads,
-            blocks=blocks,
-            seed=seed,
-            results=results,
-            startup_launches=launches,
-            progress=progress,
-        )
+        try:
+            run_blocks(
+                platforms,
+                workloads,
+                blocks=blocks,
+                seed=seed,
+                results=results,
+                startup_launches=launches,
+                progress=progress,
+            )
+        finally:
+            # Descriptions grow during a run (the vm's cold-start breakdown, the
+            # workloads it had to change): record them as they ended.
+            for platform in platforms:
+                with contextlib.suppress(IsobenchError, OSError):
+                    results.declare_platform(platform.name, platform.describe())
 
 
 @contextlib.contextmanager

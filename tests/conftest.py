@@ -7,6 +7,7 @@ the reason. CI runs as root on a v1-hybrid host, so these tests really run there
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import shutil
 from collections.abc import Callable
@@ -40,6 +41,9 @@ CAPABILITIES: dict[str, Callable[[], bool]] = {
     "busybox": lambda: shutil.which("busybox") is not None,
     "iproute2": lambda: shutil.which("ip") is not None,
     "seccomp": _seccomp,
+    "gcc": lambda: shutil.which("gcc") is not None,
+    "qemu": lambda: shutil.which("qemu-system-x86_64") is not None,
+    "libvirt": lambda: importlib.util.find_spec("libvirt") is not None,
 }
 
 

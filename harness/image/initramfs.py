@@ -26,7 +26,9 @@ from harness.errors import OSFailure, UserError
 from harness.image.kmod import collect_modules
 
 MODULE_DIR = "lib/modules/isobench"
-AGENT_PATH = "/isobench/agent"
+AGENT_PATH = "/usr/bin/isobench-agent"  # harness/image/csrc/isobench-agent.c
+SCRATCH_SERIAL = "isobench-scratch"  # the virtio-blk serial of the host's scratch disk
+SCRATCH_MOUNT = "/scratch"
 NEWC_MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
 HEADER_LEN = 110
@@ -38,7 +40,9 @@ CHUNK = 1 << 20
 # a /dev/console opened from the archive, so the script mounts what every tool
 # expects, loads the modules in dependency order (an insmod failure is reported
 # but not fatal, so a missing optional driver still leaves a debuggable guest),
-# says it is ready, then becomes the guest agent. Without an agent it powers off,
+# mounts the host's scratch disk (a virtio-blk disk whose serial is SCRATCH_SERIAL;
+# sysfs shows it, no udev needed) at /scratch, says it is ready, then becomes the
+# guest agent. Without an agent it powers off,
 # so a boot-only probe guest ends by itself; `isobench.shell` on the kernel
 # command line gives a shell on the console instead.
 DEFAULT_INIT = f"""#!/bin/sh
@@ -55,6 +59,12 @@ if [ -f /{MODULE_DIR}/load-order ]; then
         insmod "/{MODULE_DIR}/$m" || echo "isobench-init: insmod $m failed"
     done < /{MODULE_DIR}/load-order
 fi
+for serial in /sys/block/vd*/serial; do
+    [ -f "$serial" ] && [ "$(cat "$serial")" = {SCRATCH_SERIAL} ] || continue
+    dev=${{serial%/serial}}
+    mkdir -p {SCRATCH_MOUNT}
+    mount -t ext4 "/dev/${{dev##*/}}" {SCRATCH_MOUNT} || echo "isobench-init: mount scratch failed"
+done
 echo "isobench-init: ready"
 if [ -x {AGENT_PATH} ]; then
     exec {AGENT_PATH}

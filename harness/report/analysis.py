@@ -114,6 +114,8 @@ def analyse(run: RunResult, include_tcg: bool = False) -> RunAnalysis:
     Warm-up and failed samples are left out; TCG platforms get no ratio unless include_tcg.
     """
     tcg = frozenset(p for p, d in run.platforms.items() if d.get("accel") == "tcg")
+    # `isobench run --include-tcg` records the choice with the vm platform.
+    include_tcg = include_tcg or any(d.get("include_tcg") is True for d in run.platforms.values())
     measured = [s for s in run.samples if not s.warmup]
     good = [s for s in measured if not s.failed and not s.not_applicable]
     rows = []
@@ -180,6 +182,12 @@ def _warnings(
             )
         else:
             out.append(f"{platform}: {TCG_WARNING}")
+    for platform, described in sorted(run.platforms.items()):
+        changed = described.get("workload_changes")
+        if isinstance(changed, dict) and changed:
+            # The vm platform runs smaller or buffered variants under TCG: never compare them.
+            listed = "; ".join(f"{bench}: {how}" for bench, how in sorted(changed.items()))
+            out.append(f"{platform}: ran changed workloads, not comparable to bare ({listed})")
     for platform in _ordered(s.platform for s in measured):
         steal = [s.steal_pct for s in measured if s.platform == platform]
         known = [x for x in steal if x is not None]

@@ -47,7 +47,10 @@ def _cgroup_dirs(prefix: str) -> set[str]:
 
 
 def cleanup(
-    root: str | None = None, dry_run: bool = False, everything: bool = False
+    root: str | None = None,
+    dry_run: bool = False,
+    everything: bool = False,
+    libvirt_uri: str | None = None,
 ) -> Iterator[str]:
     """Remove leftover containers, cgroups and state dirs; yield one line per thing removed.
 
@@ -84,6 +87,7 @@ def cleanup(
             with contextlib.suppress(OSError):
                 os.rmdir(runtime.root)
     yield from _sweep_image_store(runtime, dry_run, everything)
+    yield from _sweep_vms(libvirt_uri, dry_run)
     yield from _sweep_run_workdirs(dry_run)
     yield from _sweep_network(dry_run)
 
@@ -169,3 +173,84 @@ def _sweep_container(
         return f"would remove container {name} ({status})"
     runtime.delete(name, force=True)
     return f"removed container {name} (was {status})"
+
+
+def _sweep_vms(uri: str | None, dry_run: bool) -> Iterator[str]:
+    """Guests of killed runs: their domains through libvirt, then any QEMU left by its pidfile.
+
+    An embed root that never held one of our guests is not opened (that would
+    start the driver and probe QEMU for nothing); one held by a live process is
+    that process's (libvirt lets one process at a time open it) and is kept.
+    Opening an embed root whose owner was killed makes libvirt reconnect to its
+    guests, and it stops those it cannot take back itself: what the root's
+    state files named before the open is therefore what gets reported.
+    """
+    from harness.vm.connection import default_uri, embed_root, open_connection
+
+    uri = uri or default_uri()
+    root = embed_root(uri)
+    state = root / "run" / "qemu" if root is not None else None
+    left = _qemu_pidfiles(state) if state is not None else {}
+    if state is not None and not left:
+        return
+    try:
+        conn = open_connection(uri)
+    except IsobenchError as exc:
+        yield f"kept the guests of {uri}: {exc}"
+        return
+    try:
+        reported = set()
+        for line in sweep_domains(conn, dry_run):
+            reported.add(line.rsplit(" ", 1)[-1])
+            yield line
+        present = {d.name() for d in conn.listAllDomains()}
+    finally:
+        conn.close()
+    for name, pid in sorted(left.items()):
+        if name not in present and name not in reported:
+            yield f"removed domain {name} (libvirt stopped it when it reconnected)"
+        if _is_qemu_of(pid, name):
+            if not dry_run:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            yield f"{'would kill' if dry_run else 'killed'} QEMU {pid} of domain {name}"
+
+
+def sweep_domains(conn: object, dry_run: bool = False) -> Iterator[str]:
+    """Destroy (and undefine) isobench-* domains whose owning process is gone."""
+    from harness.vm.domain import owner_of
+    from harness.vm.qemu_direct import process_alive
+
+    for domain in conn.listAllDomains():  # type: ignore[attr-defined]
+        name = domain.name()
+        if not name.startswith(HARNESS_PREFIX):
+            continue
+        with contextlib.suppress(Exception):  # it may end while we look
+            owner = owner_of(domain.XMLDesc(0))
+            if owner is not None and owner[1] != os.getpid() and process_alive(owner[1]):
+                yield f"kept domain {name}: its run (pid {owner[1]}) is alive"
+                continue
+            if not dry_run:
+                if domain.isActive():
+                    domain.destroy()
+                if domain.isPersistent():
+                    domain.undefine()
+            yield f"{'would remove' if dry_run else 'removed'} domain {name}"
+
+
+def _qemu_pidfiles(state: Path) -> dict[str, int]:
+    """Domain name -> QEMU pid, from the pidfiles libvirt keeps for running isobench-* guests."""
+    found = {}
+    for pidfile in state.glob(f"{HARNESS_PREFIX}*.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            found[pidfile.name[: -len(".pid")]] = int(pidfile.read_text().strip())
+    return found
+
+
+def _is_qemu_of(pid: int, name: str) -> bool:
+    """Whether pid is still the QEMU of domain name (not gone, not a reused pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return f"guest={name},".encode() in cmdline

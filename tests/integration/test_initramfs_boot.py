@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.image.initramfs import NewcEntry, read_newc, write_initramfs
+from harness.image.initramfs import AGENT_PATH, NewcEntry, read_newc, write_initramfs
 from harness.runtime.bundle import busybox_rootfs
 
 pytestmark = pytest.mark.requires("root")
@@ -52,9 +52,10 @@ def test_default_init_mounts_the_guest_userland_and_hands_over_to_the_agent(
     tmp_path: Path,
 ) -> None:
     root = busybox_rootfs(tmp_path / "root")
-    (root / "isobench").mkdir()
-    (root / "isobench" / "agent").write_text(AGENT)
-    (root / "isobench" / "agent").chmod(0o755)
+    agent = root / AGENT_PATH.lstrip("/")
+    agent.parent.mkdir(parents=True, exist_ok=True)
+    agent.write_text(AGENT)
+    agent.chmod(0o755)
     out = tmp_path / "initrd.gz"
     write_initramfs(root, out)
     dest = tmp_path / "unpacked"

@@ -180,7 +180,7 @@ def synth_run(
                 "vm": {"accel": "tcg"},
             },
             "skipped": {"oci:crun": "crun refuses v1-hybrid cgroups"},
-            "benchmarks": BENCHMARKS,
+            "benchmarks": copy.deepcopy(BENCHMARKS),  # tests edit their own copy
             "samples": samples,
         },
     }
@@ -480,3 +480,15 @@ def test_missing_file_and_no_file_are_user_errors(tmp_path: Path) -> None:
         load_results([tmp_path / "absent.json"])
     with pytest.raises(UserError, match="no result files"):
         load_results([])
+
+
+def test_changed_vm_workloads_and_a_recorded_include_tcg_reach_the_report(tmp_path: Path) -> None:
+    doc = synth_run()
+    doc["isobench"]["platforms"]["vm"].update(
+        {"workload_changes": {"cpu.sysbench.1thread": "smoke sizes (TCG)"}, "include_tcg": True}
+    )
+    analysis = analyse(load_results([write(tmp_path, doc)])[0])
+    assert any(
+        "vm: ran changed workloads" in w and "smoke sizes (TCG)" in w for w in analysis.warnings
+    )
+    assert any("because of --include-tcg" in w for w in analysis.warnings)
