@@ -31,6 +31,8 @@ from harness.runtime.cgroups.base import CgroupManager
 IO_DEVICE = "/dev/isobench-io"  # where a job's block device appears inside the platform
 
 # Features a test may need beyond cpu/memory/pids: an adapter answers not_applicable(feature).
+# It is also asked with each test group's name (suite.TESTS) before the group runs, so a
+# platform with no equivalent of a whole test (a VM and pids) says so once, with its reason.
 FEATURES = ("memory.high", "cpu.weight", "cpuset", "blkio", "freeze", "kill", "monitoring")
 
 
@@ -166,6 +168,12 @@ def _oci(runtime: str) -> Callable[[], Adapter]:
     return make
 
 
+def _vm() -> Adapter:
+    from harness.enforcement.adapter_vm import VmAdapter
+
+    return VmAdapter()
+
+
 def _bare() -> Adapter:
     from harness.enforcement.adapter_bare import BareAdapter
 
@@ -178,6 +186,7 @@ ADAPTERS: dict[str, Callable[[], Adapter]] = {
     "oci:runc": _oci("runc"),
     "oci:crun": _oci("crun"),
     "bare": _bare,
+    "vm": _vm,
 }
 
 

@@ -107,8 +107,9 @@ def _run_platform(
             reason = f"{name}: prepare failed: {exc}"
     try:
         for test_name, test in tests.items():
-            if reason or adapter is None:
-                got = [not_applicable(test_name, name, reason)]
+            why_not = adapter.not_applicable(test_name) if adapter is not None else None
+            if reason or adapter is None or why_not:
+                got = [not_applicable(test_name, name, reason or why_not or "")]
             else:
                 try:
                     got = test(adapter, env)

@@ -17,6 +17,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ class VmOptions:
     results_dir: Path | None = None  # where a failed boot's console log is saved
     ready_timeout_s: float = READY_TIMEOUT_S
     include_tcg: bool = False  # the report then puts this run's TCG figures into ratios
+    boot_run_guest: bool = True  # False: prepare() boots nothing (a caller using boot_guest())
 
 
 @dataclass
@@ -155,7 +157,8 @@ class VmPlatform:
             make_scratch_disk(work / "scratch.raw", SCRATCH_MIB)
             make_scratch_disk(work / "startup.raw", STARTUP_DISK_MIB)
             self._state.decision = self._decide_accel()  # a KVM probe boots on startup.raw
-            self._guest = self._boot(work / "scratch.raw", self._state.decision.accel)
+            if self.options.boot_run_guest:
+                self._guest = self._boot(work / "scratch.raw", self._state.decision.accel)
         except BaseException:
             self.teardown()
             raise
@@ -206,13 +209,28 @@ class VmPlatform:
             disk_io="threads",  # as qemu_direct, the plain-QEMU baseline
         )
 
+    def boot_guest(self, disk: Path, tune: Callable[[DomainSpec], DomainSpec]) -> _Guest:
+        """A fresh guest of the run on disk, its spec changed by tune; the caller destroys it."""
+        assert self._state is not None, "prepare() has not run"
+        return self._boot(disk, self._state.decision.accel, tune=tune)
+
+    def destroy_guest(self, guest: _Guest) -> None:
+        """Destroy a guest of boot_guest() (already gone is fine)."""
+        self._destroy(guest)
+
     def _boot(
-        self, disk: Path, accel: str, timeout_s: float | None = None, keep_log: bool = True
+        self,
+        disk: Path,
+        accel: str,
+        timeout_s: float | None = None,
+        keep_log: bool = True,
+        tune: Callable[[DomainSpec], DomainSpec] | None = None,
     ) -> _Guest:
         """Create a transient domain and wait for its agent; on failure nothing of it is left."""
         from harness.vm.agent import AgentClient
 
         spec = self._spec(disk, accel)
+        spec = tune(spec) if tune is not None else spec
         timeout_s = timeout_s or self.options.ready_timeout_s
         created = time.perf_counter()
         try:
