@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from harness.vm.domain import BlkioLimit, DomainSpec
 GUEST_MEMORY_MIB = 512  # room for the image's initramfs and a 256 MiB buffer
 DISK_MIB = 16  # an unused disk (a DomainSpec has one): sparse, never read
 IO_DISK_MIB = 128  # written out in full, so the guest's reads reach the host disk
+ENDED_WAIT_S = 5.0  # QEMU's end reaches libvirt through its monitor: not at once
 KILLED = 128 + 9  # the exit status of a job whose guest was destroyed or OOM-killed
 
 # Test groups and features a guest has no equivalent of (see not_applicable()).
@@ -232,7 +234,8 @@ class VmAdapter:
                 return KILLED if result.timed_out else result.exit_code
             except EnvironmentError_ as exc:  # the channel closed: the guest is gone
                 err.write_text(f"vm: guest ended during the job: {exc}\n")
-                if not killed and _active(guest.domain):
+                # Killed by us, or by the OOM killer (libvirt notices QEMU's end a little later).
+                if not killed and not _ended(guest.domain, ENDED_WAIT_S):
                     raise
                 return KILLED
             finally:
@@ -283,11 +286,17 @@ class VmAdapter:
         self._platform.teardown()
 
 
-def _active(domain: Any) -> bool:
-    try:
-        return bool(domain.isActive())
-    except Exception:  # libvirtError: a transient domain that ended is gone
-        return False
+def _ended(domain: Any, wait_s: float) -> bool:
+    """True once the domain is no longer running (waiting up to wait_s for libvirt to see it)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            if not domain.isActive():
+                return True
+        except Exception:  # libvirtError: a transient domain that ended is gone
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _live(domain: Any) -> dict[str, Any]:
