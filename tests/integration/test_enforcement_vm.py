@@ -10,8 +10,11 @@ import glob
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,11 +51,20 @@ print(json.dumps({"record": record.to_json(), "jobs": jobs}))
 """
 
 
-def test_half_cpu_quota_holds_on_a_tcg_guest_and_no_guest_is_left(tmp_path: Path) -> None:
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A short home: QEMU's monitor socket path under it must fit in 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="isobench-tvm-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_half_cpu_quota_holds_on_a_tcg_guest_and_no_guest_is_left(
+    home: Path, tmp_path: Path
+) -> None:
     from harness.image.build import build_image
     from harness.image.store import ImageStore
 
-    home = tmp_path / "home"
     env = {**os.environ, "ISOBENCH_HOME": str(home)}
     os.environ["ISOBENCH_HOME"], old = str(home), os.environ.get("ISOBENCH_HOME")
     try:
