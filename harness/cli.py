@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "image":
             return _image(args)
         if args.command == "run":
+            benches = args.bench.split(",") if args.bench else []
+            if "enforce" in benches:
+                return _enforce(args, benches)
             from harness.runner import run_suite
 
             path = run_suite(
@@ -294,6 +297,28 @@ def _image(args: argparse.Namespace) -> int:
     elif verb == "rm-container":
         ImageContainers(store).remove(args.container_id)
     return 0
+
+
+def _enforce(args: argparse.Namespace, benches: list[str]) -> int:
+    """`run --bench enforce`: its own run (see harness.enforcement.run); exit 1 when a test fails."""
+    from rich.console import Console
+
+    from harness.enforcement.run import exit_code, run_enforcement, table
+
+    if benches != ["enforce"] or args.resume is not None or args.blocks is not None:
+        raise _usage(
+            "--bench enforce is a run of its own; accepted: --bench enforce with --profile, "
+            "--platform, --results and --image (no other benchmarks, --blocks or --resume)"
+        )
+    path, records = run_enforcement(
+        profile=args.profile,
+        platforms=args.platform.split(",") if args.platform else None,
+        results_dir=args.results,
+        image_ref=args.image,
+    )
+    Console().print(table([r.to_json() for r in records]))
+    print(path)
+    return exit_code(records)
 
 
 def _usage(message: str) -> IsobenchError:

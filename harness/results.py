@@ -20,6 +20,8 @@ The metric's own values stay in the raw samples and, as medians, in each entry's
 
 Format history of the "isobench" section (SCHEMA_VERSION):
   1: first version.
+  2: optional "enforcement": a list of enforcement test records (harness.enforcement.model.Record);
+     version 1 files still load (they have none).
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ import pytest_benchmark
 from harness.errors import OSFailure, UserError
 from harness.workloads.base import Workload
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # what load() accepts
 WARMUP_BLOCK = -1  # the block number of warm-up samples
 STATUSES = ("running", "complete", "interrupted")
-ACCEPTED = f"accepted: an isobench result file (JSON, schema_version {SCHEMA_VERSION}) written by `isobench run`"
+ACCEPTED = f"accepted: an isobench result file (JSON, schema_version {' or '.join(map(str, READABLE_VERSIONS))}) written by `isobench run`"
 _TIME_UNITS_S = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 # Placeholders for the parts spliced in from cached encodings (NUL: no real value holds it).
 _ENTRIES_MARKER = "\0isobench-benchmarks\0"
@@ -272,6 +275,16 @@ def _check_benchmark(name: str, declared: object) -> None:
         raise ValueError(f"{where} primary {declared['primary']!r} is not among its metrics")
 
 
+def _check_enforcement(records: object) -> None:
+    """isobench.enforcement as add_enforcement() writes it."""
+    from harness.enforcement.model import check_record
+
+    if not isinstance(records, list):
+        raise ValueError("isobench.enforcement is not a list")
+    for i, raw in enumerate(records):
+        check_record(raw, f"isobench.enforcement[{i}]")
+
+
 class ResultFile:
     """A run's result file: the header, every sample so far, rewritten atomically after each one."""
 
@@ -336,13 +349,14 @@ class ResultFile:
                 raise ValueError("the top level is not an object")
             _check(doc, _TOP_KEYS, "the file")
             iso = doc["isobench"]
-            if iso.get("schema_version") != SCHEMA_VERSION:
-                raise ValueError(f"schema_version {iso.get('schema_version')!r} is not {SCHEMA_VERSION}")  # fmt: skip
+            if iso.get("schema_version") not in READABLE_VERSIONS:
+                raise ValueError(f"schema_version {iso.get('schema_version')!r} is not one of {READABLE_VERSIONS}")  # fmt: skip
             _check(iso, _ISOBENCH_KEYS, "isobench")
             if iso["status"] not in STATUSES:
                 raise ValueError(f"status {iso['status']!r} is not one of {', '.join(STATUSES)}")
             for name, declared in iso["benchmarks"].items():
                 _check_benchmark(name, declared)
+            _check_enforcement(iso.get("enforcement", []))
             samples = []
             for i, raw in enumerate(iso.pop("samples")):
                 if not isinstance(raw, dict):
@@ -404,6 +418,19 @@ class ResultFile:
         if sample.benchmark not in self._iso["benchmarks"]:
             raise ValueError(f"benchmark {sample.benchmark!r} is not declared")
         self._add(sample)
+        self._write()
+
+    @property
+    def enforcement(self) -> list[dict[str, Any]]:
+        """The enforcement test records (a copy; [] for a run without any)."""
+        records: list[dict[str, Any]] = json.loads(json.dumps(self._iso.get("enforcement", [])))
+        return records
+
+    def add_enforcement(self, record: dict[str, Any]) -> None:
+        """Append one enforcement record to isobench.enforcement and rewrite the file atomically."""
+        _check_enforcement([record])
+        json.dumps(record, allow_nan=False)  # refused here, before anything changes
+        self._iso.setdefault("enforcement", []).append(record)
         self._write()
 
     def declare_benchmark(self, workload: Workload) -> None:

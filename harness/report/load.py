@@ -1,4 +1,4 @@
-"""Loading result files: read, validate against schema_version 1, merge the files of one resumed run."""
+"""Loading result files: read, validate against schema_version 1 or 2, merge the files of one resumed run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from harness.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSIONS = (1, 2)  # 2 adds isobench.enforcement (harness.results)
 STATUSES = ("running", "complete", "interrupted")
 HOST_FACTS = (
     "cpu_model",
@@ -94,10 +94,11 @@ class RunResult:
     skipped: dict[str, str]
     benchmarks: dict[str, BenchmarkInfo]
     samples: tuple[Sample, ...]
+    enforcement: tuple[dict[str, object], ...] = ()  # enforcement records (enforce runs)
 
 
 def _bad(path: Path, what: str) -> UserError:
-    return UserError(f"{path}: {what}; expected an isobench result file (schema_version 1)")
+    return UserError(f"{path}: {what}; expected an isobench result file (schema_version 1 or 2)")
 
 
 def _typed(value: object, kind: type[T], path: Path, where: str) -> T:
@@ -171,7 +172,7 @@ def _load_one(path: Path) -> RunResult:
         raise _bad(path, f"not JSON ({err.msg} at line {err.lineno})") from err
     top = _typed(document, dict, path, "the document")
     section = _typed(top.get("isobench"), dict, path, "the isobench section")
-    if section.get("schema_version") != SCHEMA_VERSION:
+    if section.get("schema_version") not in SCHEMA_VERSIONS:
         raise _bad(path, f"unsupported schema_version {section.get('schema_version')!r}")
     status = _typed(section.get("status"), str, path, "isobench.status")
     if status not in STATUSES:
@@ -200,7 +201,18 @@ def _load_one(path: Path) -> RunResult:
         },
         benchmarks=benchmarks,
         samples=tuple(_sample(s, i, benchmarks, path) for i, s in enumerate(raw_samples)),
+        enforcement=_enforcement(section.get("enforcement", []), path),
     )
+
+
+def _enforcement(raw: object, path: Path) -> tuple[dict[str, object], ...]:
+    from harness.enforcement.model import check_record
+
+    records = _typed(raw, list, path, "isobench.enforcement")
+    try:
+        return tuple(check_record(r, f"isobench.enforcement[{i}]") for i, r in enumerate(records))
+    except ValueError as err:
+        raise _bad(path, str(err)) from err
 
 
 def _merge(parts: list[RunResult]) -> RunResult:
@@ -229,6 +241,7 @@ def _merge(parts: list[RunResult]) -> RunResult:
         skipped={k: v for part in reversed(parts) for k, v in part.skipped.items()},
         benchmarks={k: v for part in reversed(parts) for k, v in part.benchmarks.items()},
         samples=tuple(sorted(unique.values(), key=lambda s: (s.block, s.seq))),
+        enforcement=max((p.enforcement for p in parts), key=len),  # enforce runs do not resume
     )
 
 

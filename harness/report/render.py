@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import collections
 import csv
 import html
 import math
@@ -162,8 +163,10 @@ def _parts(a: RunAnalysis) -> list[Part]:
         else:
             parts.append(_benchmark_table(category, rows))
         parts.extend(Image(alt, png) for alt, png in plots.category_figures(a, category))
-    latency = plots.io_latency_figure(a)
-    parts.append(Text(latency) if isinstance(latency, str) else Image(*latency))
+    if a.rows:
+        latency = plots.io_latency_figure(a)
+        parts.append(Text(latency) if isinstance(latency, str) else Image(*latency))
+    parts.extend(_enforcement_parts(run))
     if run.skipped:
         parts.append(
             Table("Skipped platforms", ("platform", "reason"), sorted(run.skipped.items()))
@@ -180,6 +183,29 @@ def _parts(a: RunAnalysis) -> list[Part]:
         ]
         parts.append(Table("Failed samples", header, failed))
     parts.append(_facts(a))
+    return parts
+
+
+def _enforcement_parts(run: RunResult) -> list[Part]:
+    """The Enforcement section (enforce runs only): platform x test table, records, plots."""
+    from harness.report import enforcement
+
+    if not run.enforcement:
+        return []
+    records = list(run.enforcement)
+    failed = sum(1 for r in records if r["verdict"] == "fail")
+    parts: list[Part] = [
+        Text(
+            f"Enforcement: {len(records)} records, {failed} failed. Tolerances are percent of the "
+            "requested value (MEASUREMENT.md); effective limits are the cgroup files as the kernel held them.",
+            warning=bool(failed),
+        )
+    ]
+    header, rows = enforcement.matrix(records)
+    parts.append(Table("Enforcement", header, rows))
+    parts.extend(Image(alt, png) for alt, png in enforcement.figures(records))
+    header, rows = enforcement.details(records)
+    parts.append(Table("Enforcement records: requested, effective, measured", header, rows))
     return parts
 
 
@@ -312,8 +338,17 @@ def summary_lines(results: Sequence[RunResult], include_tcg: bool = False) -> li
             f"{run.run_id}: profile {run.profile}, {a.blocks_done}/{run.blocks} blocks, "
             f"seed {run.seed}, {status}",
             f"host {run.host.get('cpu_model')}, governor {run.host.get('governor')}, image {digest}",
-            "overhead vs bare of the primary metric, 95 % CI (R > 1 costs more; startup: p50s)",
         ]
+        if run.enforcement:
+            counts = collections.Counter(str(r["verdict"]) for r in run.enforcement)
+            lines.append("enforcement: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
+            lines += [f"  FAIL {r['test']} on {r['platform']}: {r['reason']}"[:200]
+                      for r in run.enforcement if r["verdict"] == "fail"]  # fmt: skip
+        if not a.rows:
+            continue
+        lines.append(
+            "overhead vs bare of the primary metric, 95 % CI (R > 1 costs more; startup: p50s)"
+        )
         names = list(dict.fromkeys(r.benchmark.name for r in a.rows))
         width = min(30, max(len(n) for n in [*names, "benchmark"]))
         heads = [p + (" (TCG)" if p in a.tcg else "") for p in others]

@@ -101,6 +101,7 @@ def _sweep_network(dry_run: bool) -> Iterator[str]:
 
 def _sweep_run_workdirs(dry_run: bool) -> Iterator[str]:
     """Work dirs of `isobench run`s that were killed (their pid is gone): mounts first, then files."""
+    from harness.enforcement.iodev import detach_loops_under
     from harness.runner import WORKDIR_PREFIX
 
     base = Path(tempfile.gettempdir())
@@ -110,6 +111,7 @@ def _sweep_run_workdirs(dry_run: bool) -> Iterator[str]:
             continue
         if not dry_run:
             _unmount_below(entry)
+            detach_loops_under(entry)  # the enforcement IO tests' loop device
             shutil.rmtree(entry, ignore_errors=True)
         yield f"{'would remove' if dry_run else 'removed'} work dir of a killed run {entry}"
 

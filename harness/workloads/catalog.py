@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from harness.errors import UserError
 from harness.workloads.base import Metric, Workload
-from harness.workloads.network import iperf3_host, iperf3_loopback
+from harness.workloads.network import iperf3_host, iperf3_loopback, probe_tcp_rr
 from harness.workloads.parsers import (
     ParseError,
     parse_sysbench_cpu,
@@ -22,9 +22,10 @@ from harness.workloads.parsers import (
     parse_sysbench_memory,
     select,
 )
+from harness.workloads.probe import probe_fields, rtt, stream
 from harness.workloads.sizing import TIMEOUT_S, check_profile, memory_array_mib
 from harness.workloads.storage import VOLUME_DIR, fio_workload
-from harness.workloads.stressng import ipc, matrix, randlist, stream
+from harness.workloads.stressng import ipc, matrix, randlist
 
 SYSBENCH = "/usr/bin/sysbench"
 
@@ -173,7 +174,7 @@ BENCHMARKS: dict[str, Factory] = {
     "cpu.sysbench.allthreads": lambda p: sysbench_cpu(p, all_cpus=True),
     "cpu.stress-ng.matrix.1thread": lambda p: matrix(p, all_cpus=False),
     "cpu.stress-ng.matrix.allthreads": lambda p: matrix(p, all_cpus=True),
-    "memory.stress-ng.stream": stream,
+    "memory.probe.stream": stream,
     "memory.sysbench.seq": sysbench_memory,
     "memory.stress-ng.randlist": randlist,
     "io.fio.seqread.root": lambda p: fio_workload("seqread", "root", p),
@@ -191,10 +192,18 @@ BENCHMARKS: dict[str, Factory] = {
     "ipc.stress-ng.mq": lambda p: ipc("mq", p),
     "ipc.stress-ng.sem": lambda p: ipc("sem", p),
     "ipc.stress-ng.signal": lambda p: ipc("signal", p),
+    "ipc.probe.pipe.rtt": lambda p: rtt("pipe", p),
+    "ipc.probe.unix.rtt": lambda p: rtt("unix", p),
+    "ipc.probe.tcp.rtt": lambda p: rtt("tcp", p),
+    "ipc.probe.shm.rtt": lambda p: rtt("shm", p),
+    "ipc.probe.mq.rtt": lambda p: rtt("mq", p),
+    "ipc.probe.sem.rtt": lambda p: rtt("sem", p),
+    "ipc.probe.signal.rtt": lambda p: rtt("signal", p),
     "syscall.sysbench.getppid": syscall_getppid,
     "network.iperf3.loopback": iperf3_loopback,
     "network.iperf3.to-host": lambda p: iperf3_host(p, reverse=False),
     "network.iperf3.from-host": lambda p: iperf3_host(p, reverse=True),
+    "network.probe.tcp-rr": lambda p: probe_tcp_rr(p, probe_fields),
 }
 
 

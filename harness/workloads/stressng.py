@@ -1,4 +1,4 @@
-"""stress-ng benchmarks: the CPU matrix method, memory stream and random list, the IPC mechanisms.
+"""stress-ng benchmarks: the CPU matrix method, the memory random list, the IPC mechanisms.
 
 Every run is a fixed number of bogo operations (--X-ops), so the work is the
 same on every platform and the rate is what differs. stress-ng logs to stderr;
@@ -109,42 +109,6 @@ def matrix(profile: str, *, all_cpus: bool) -> Workload:
 
 
 # ---------------------------------------------------------------- memory
-
-# Bogo-ops of stream: one pass of copy, scale, add and triad over three arrays.
-STREAM_OPS = {"smoke": 3, "quick": 30, "full": 200}
-# Bytes moved per stream bogo-op, in arrays: copy 2, scale 2, add 3, triad 3
-# (stress-stream.c counts 10 x array size, 6 read and 4 written).
-STREAM_ARRAYS_PER_OP = 10
-STREAM_METRICS = (Metric("bandwidth_mib_s", "MiB/s", higher_is_better=True), *RATE_METRICS)
-
-
-def stream(profile: str) -> Workload:
-    """stress-ng --stream, one instance, each array 4x the last-level cache.
-
-    stress-ng prints its own read/write rates only when the kernels ran >= 4.5 s,
-    so bandwidth_mib_s is derived the same way at every size: 10 array sizes per
-    bogo-op over stress-ng's real time, which includes the arrays' first touch.
-    """
-    array_mib = memory_array_mib()
-
-    def bandwidth(values: dict[str, float]) -> dict[str, float]:
-        per_op_mib = STREAM_ARRAYS_PER_OP * array_mib
-        return {"bandwidth_mib_s": values[RATE.name] * per_op_mib}
-
-    # stress-ng makes each array 4x --stream-l3-size (divided among instances).
-    l3_bytes = array_mib * MIB // 4
-    return stress_ng_workload(
-        "memory.stress-ng.stream",
-        "stream",
-        STREAM_OPS[check_profile(profile)],
-        profile,
-        extra=("--stream-l3-size", str(l3_bytes)),
-        metrics=STREAM_METRICS,
-        primary="bandwidth_mib_s",
-        derive=bandwidth,
-        sizes={"array_mib": array_mib, "arrays": 3},
-    )
-
 
 RANDLIST_OPS = {"smoke": 1, "quick": 1, "full": 20}
 # One list item: stress-ng's 16-byte header (next pointer, value) plus 48 bytes of data,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
+from harness.image.csrc import compile_programs
 from harness.platforms.peer import stop, wait_listening
 from harness.workloads import BENCHMARKS, CATEGORIES, PROFILES, bind_scratch, workloads
 from harness.workloads.sizing import (
@@ -22,15 +23,22 @@ from harness.workloads.sizing import (
 from harness.workloads.storage import ROOT_DIR, fio_workload
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-IMAGE_COMMANDS = {"/usr/bin/fio", "/usr/bin/stress-ng", "/usr/bin/sysbench", "/usr/bin/iperf3"}
+IMAGE_COMMANDS = {
+    "/usr/bin/fio",
+    "/usr/bin/stress-ng",
+    "/usr/bin/sysbench",
+    "/usr/bin/iperf3",
+    "/usr/bin/isobench-probe",
+}
 
+PROBE_MECHANISMS = ("pipe", "unix", "tcp", "shm", "mq", "sem", "signal")
 # benchmark -> a captured output of its own command line (tests/data/README.md)
 CAPTURED = {
     "cpu.sysbench.1thread": "sysbench/cpu-1thread.txt",
     "cpu.sysbench.allthreads": "sysbench/cpu-allthreads.txt",
     "cpu.stress-ng.matrix.1thread": "stress-ng/matrix-1thread.txt",
     "cpu.stress-ng.matrix.allthreads": "stress-ng/matrix-allthreads.txt",
-    "memory.stress-ng.stream": "stress-ng/stream-short.txt",
+    "memory.probe.stream": "probe-stream.txt",
     "memory.sysbench.seq": "sysbench/memory-seq-read.txt",
     "memory.stress-ng.randlist": "stress-ng/randlist.txt",
     "io.fio.seqread.root": "fio/seqread-1m.json",
@@ -48,10 +56,12 @@ CAPTURED = {
     "ipc.stress-ng.mq": "stress-ng/mq.txt",
     "ipc.stress-ng.sem": "stress-ng/sem-sysv.txt",
     "ipc.stress-ng.signal": "stress-ng/sigq.txt",
+    **{f"ipc.probe.{m}.rtt": f"probe-rtt-{m}.txt" for m in PROBE_MECHANISMS},
     "syscall.sysbench.getppid": "sysbench/lua-getppid.txt",
     "network.iperf3.loopback": "iperf3/loopback.json",
     "network.iperf3.to-host": "iperf3/to-host.json",
     "network.iperf3.from-host": "iperf3/from-host.json",
+    "network.probe.tcp-rr": "probe-tcp-rr.txt",
 }
 
 
@@ -100,7 +110,11 @@ def test_profiles_grow(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(BENCHMARKS))
-def test_parse_captured_output_gives_exactly_the_declared_metrics(name: str) -> None:
+def test_parse_captured_output_gives_exactly_the_declared_metrics(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The probe checks its arrays' size; the capture's were 128 MiB.
+    monkeypatch.setattr("harness.workloads.probe.memory_array_mib", lambda: 128)
     workload = BENCHMARKS[name]("smoke")
     values = workload.parse(captured(CAPTURED[name]))
     assert list(values) == [metric.name for metric in workload.metrics]
@@ -277,12 +291,9 @@ def test_memory_arrays_have_a_floor(tmp_path: Path) -> None:
 
 def test_memory_benchmarks_use_the_array_size() -> None:
     array_mib = memory_array_mib()
-    stream = BENCHMARKS["memory.stress-ng.stream"]("smoke")
+    stream = BENCHMARKS["memory.probe.stream"]("smoke")
     assert stream.sizes["array_mib"] == array_mib
-    l3 = int(stream.argv[stream.argv.index("--stream-l3-size") + 1])
-    assert l3 * 4 == array_mib * 2**20  # stress-ng makes each array 4x this
-    values = stream.parse(captured("stress-ng/stream-short.txt"))
-    assert values["bandwidth_mib_s"] == pytest.approx(6.01 * 10 * array_mib)
+    assert stream.argv[1:3] == ("stream", str(array_mib))  # three arrays of this many MiB
     randlist = BENCHMARKS["memory.stress-ng.randlist"]("smoke")
     items = array_mib * 2**20 // 64
     assert randlist.sizes["items"] == items
@@ -355,6 +366,8 @@ def test_bind_scratch_leaves_other_paths_alone() -> None:
 
 def test_every_benchmark_runs_at_smoke_size_on_this_host(tmp_path: Path) -> None:
     """Each catalog command, bare on the host, gives a positive primary metric and leaves nothing."""
+    # isobench's own programs are in the image only: run the same compiled binaries here.
+    own = {f"/usr/bin/{p.name}": str(p.binary) for p in compile_programs(tmp_path / "csrc")}
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     root_dir_existed = Path(ROOT_DIR).exists()
@@ -364,6 +377,13 @@ def test_every_benchmark_runs_at_smoke_size_on_this_host(tmp_path: Path) -> None
     for workload in workloads(None, "smoke"):
         # A host-side server (network benchmarks) listens on loopback, as on bare.
         bound = bind_scratch(workload, str(scratch)).with_peer("127.0.0.1")
+        bound = dataclasses.replace(
+            bound,
+            argv=(own.get(bound.argv[0], bound.argv[0]), *bound.argv[1:]),
+            peer_argv=(own.get(bound.peer_argv[0], bound.peer_argv[0]), *bound.peer_argv[1:])
+            if bound.peer_argv
+            else None,
+        )
         t0 = time.monotonic()
         server = (
             subprocess.Popen(bound.peer_argv, stdout=subprocess.DEVNULL)

@@ -417,14 +417,17 @@ def test_different_runs_get_their_own_sections(tmp_path: Path) -> None:
 
 
 def _corrupt(change: str) -> object:
-    doc = synth_run(blocks=2)
+    # A deep copy: synth_run's benchmark records are module-level objects other tests reuse.
+    doc = copy.deepcopy(synth_run(blocks=2))
     section = doc["isobench"]
     if change == "list":
         return [doc]
     if change == "no-section":
         del doc["isobench"]
     elif change == "schema":
-        section["schema_version"] = 2
+        section["schema_version"] = 99
+    elif change == "enforcement":
+        section["enforcement"] = [{"test": "pids", "platform": "bare", "verdict": "maybe"}]
     elif change == "status":
         section["status"] = "done"
     elif change == "samples":
@@ -446,6 +449,7 @@ def _corrupt(change: str) -> object:
         "list",
         "no-section",
         "schema",
+        "enforcement",
         "status",
         "samples",
         "block",

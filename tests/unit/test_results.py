@@ -207,11 +207,12 @@ def test_pytest_benchmark_compare_reads_the_file(tmp_path: Path) -> None:
             '{"machine_info": {}, "commit_info": {}, "benchmarks": [], "datetime": "x", "version": "5"}',
             "the file has no 'isobench'",
         ),
-        ("SCHEMA99", "schema_version 99 is not 1"),
+        ("SCHEMA99", "schema_version 99 is not one of (1, 2)"),
         ("NOSEED", "isobench has no 'seed'"),
         ("BADSAMPLE", "sample 0['block'] is str"),
         ("UNDECLARED", "sample 0 is of undeclared benchmark 'nope'"),
         ("BADSTATUS", "status 'done' is not one of running, complete, interrupted"),
+        ("BADENFORCE", "isobench.enforcement[0] has no 'reason'"),
     ],
 )
 def test_a_bad_file_is_a_one_line_user_error(tmp_path: Path, content: str, problem: str) -> None:
@@ -225,6 +226,8 @@ def test_a_bad_file_is_a_one_line_user_error(tmp_path: Path, content: str, probl
             del iso["seed"]
         elif content == "BADSAMPLE":
             iso["samples"][0]["block"] = "one"
+        elif content == "BADENFORCE":
+            iso["enforcement"] = [{"test": "pids", "platform": "bare", "verdict": "ok"}]
         elif content == "UNDECLARED":
             iso["samples"][0]["benchmark"] = "nope"
         else:
@@ -237,7 +240,7 @@ def test_a_bad_file_is_a_one_line_user_error(tmp_path: Path, content: str, probl
     assert "\n" not in message
     assert message.startswith(f"{path}: ")
     assert problem in message
-    assert message.endswith("accepted: an isobench result file (JSON, schema_version 1) written by `isobench run`")  # fmt: skip
+    assert message.endswith("accepted: an isobench result file (JSON, schema_version 1 or 2) written by `isobench run`")  # fmt: skip
 
 
 def test_a_truncated_file_and_a_missing_file_are_user_errors(tmp_path: Path) -> None:
@@ -349,3 +352,25 @@ def test_append_cost_for_thousands_of_samples(
         )
     assert len(ResultFile.load(tmp_path / "big.json").samples) == 2000
     assert statistics.median(costs[-100:]) < 0.1  # generous: a slow CI disk, not a budget
+
+
+def test_enforcement_records_are_appended_atomically_and_old_files_load(tmp_path: Path) -> None:
+    from harness.enforcement.model import Record
+
+    result = filled(tmp_path / "r.json")
+    assert result.enforcement == []
+    record = Record(test="pids", platform="bare", verdict="pass", reason="r", requested=32.0,
+                    measured=32.0, unit="tasks", series={"t_s": [0.0, 0.05], "cpu_ns": [0, 10]})  # fmt: skip
+    result.add_enforcement(record.to_json())
+    loaded = ResultFile.load(tmp_path / "r.json")
+    assert loaded.enforcement == [record.to_json()]
+    assert loaded.document()["isobench"]["schema_version"] == 2
+    # A version-1 file (no enforcement key) still loads.
+    doc = loaded.document()
+    doc["isobench"]["schema_version"] = 1
+    del doc["isobench"]["enforcement"]
+    (tmp_path / "v1.json").write_text(json.dumps(doc))
+    assert ResultFile.load(tmp_path / "v1.json").enforcement == []
+    with pytest.raises(ValueError):
+        result.add_enforcement({**record.to_json(), "measured": float("nan")})
+    assert len(ResultFile.load(tmp_path / "r.json").enforcement) == 1
