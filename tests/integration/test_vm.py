@@ -109,6 +109,13 @@ def test_volume_io_lands_on_the_virtio_disk(vm: VmPlatform) -> None:
     assert outcome.resources["vm_block_0_wr_bytes"] >= 1 << 20
 
 
+def test_loopback_is_up_in_the_guest_for_the_tcp_benchmarks(vm: VmPlatform) -> None:
+    (workload,) = workloads(["ipc.stress-ng.tcp-loopback"], "smoke")
+    outcome = vm.run(workload)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert workload.parse(outcome.stdout)["bogo_ops_per_s_real"] > 0
+
+
 def test_a_cold_boot_is_timed_and_leaves_nothing(vm: VmPlatform) -> None:
     conn = vm._conn
     before = {d.name() for d in conn.listAllDomains()}
