@@ -19,7 +19,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import psutil  # type: ignore[import-untyped]
@@ -131,6 +131,12 @@ def validate_request(
         raise UserError(f"--bench {reserved[0]}: reserved for startup launches; accepted: another name")  # fmt: skip
 
 
+def launch_cap(platform: Platform) -> int | None:
+    """A platform's cap on cold starts per block (its optional `cold_starts_per_block`), if any."""
+    cap = getattr(platform, "cold_starts_per_block", None)
+    return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1 else None
+
+
 def plan(
     platforms: Sequence[str],
     benchmarks: Sequence[str],
@@ -138,9 +144,15 @@ def plan(
     blocks: int,
     seed: int,
     startup_launches: int = 0,
+    launch_caps: Mapping[str, int] | None = None,
 ) -> list[Step]:
-    """The whole run in order: the warm-up round, then the blocks; the same seed gives the same list."""
+    """The whole run in order: the warm-up round, then the blocks; the same seed gives the same list.
+
+    launch_caps: platforms whose cold start is too slow for startup_launches a block
+    (a VM under TCG boots in seconds) take at most that many per block.
+    """
     rng = random.Random(seed)
+    caps = launch_caps or {}
     names = sorted(benchmarks) + (list(STARTUP_NAMES) if startup_launches else [])
     steps = []
     for block in [WARMUP_BLOCK, *range(blocks)]:
@@ -150,7 +162,9 @@ def plan(
             # Startup: the block's cold starts go round by round, platforms reshuffled each round.
             rounds = 1 if bench != STARTUP_WORKLOAD.benchmark or block == WARMUP_BLOCK else startup_launches  # fmt: skip
             for launch in range(rounds):
-                platform_order = sorted(platforms)
+                platform_order = sorted(
+                    p for p in platforms if bench != STARTUP_WORKLOAD.benchmark or launch < caps.get(p, rounds)
+                )  # fmt: skip
                 rng.shuffle(platform_order)
                 steps += [Step(block, bench, p, launch) for p in platform_order]
     return steps
@@ -197,7 +211,8 @@ def run_blocks(
     results.set_blocks(blocks)
 
     names = [w.benchmark for w in workloads]
-    steps = plan(list(by_platform), names, blocks=blocks, seed=seed, startup_launches=startup_launches)  # fmt: skip
+    caps = {name: cap for name, p in by_platform.items() if (cap := launch_cap(p)) is not None}
+    steps = plan(list(by_platform), names, blocks=blocks, seed=seed, startup_launches=startup_launches, launch_caps=caps)  # fmt: skip
     counts = results.key_counts()
     warmed_up = any(s.warmup for s in results.samples)
     todo = [

@@ -46,6 +46,8 @@ class Platform(Protocol):
     """One way to run the workload image."""
 
     name: str  # "bare", "container", "oci:runc", "oci:crun", "vm"
+    # A platform may also set `cold_starts_per_block: int` (read with getattr by the
+    # scheduler) when its cold start is too slow for the profile's count: a VM under TCG.
 
     def available(self) -> tuple[bool, str]:
         """Whether this host can run the platform, and if not, a one-line reason."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -276,6 +277,30 @@ def test_startup_launches_are_samples_of_startup_launch(tmp_path: Path) -> None:
     assert entry["group"] == "startup"
     assert entry["stats"]["rounds"] == 10
     assert entry["extra_info"]["higher_is_better"] is False
+
+
+def test_a_platform_with_slow_cold_starts_takes_only_its_cap(tmp_path: Path) -> None:
+    platforms = fakes()
+    platforms[2].cold_starts_per_block = 2  # type: ignore[attr-defined]
+    results = run(tmp_path / "r.json", platforms, blocks=2, startup_launches=5)
+    launches = Counter(
+        s.platform for s in results.samples if s.benchmark == "startup.launch" and not s.warmup
+    )
+    assert launches == {platforms[0].name: 10, platforms[1].name: 10, platforms[2].name: 4}
+    assert results.status == "complete"
+    # A resume plans the same: nothing is taken twice.
+    again = run(
+        tmp_path / "r.json", fakes_with_cap(platforms[2].name, 2), blocks=2, startup_launches=5
+    )
+    assert len(again.samples) == len(results.samples)
+
+
+def fakes_with_cap(name: str, cap: int) -> list[FakePlatform]:
+    platforms = fakes()
+    for p in platforms:
+        if p.name == name:
+            p.cold_starts_per_block = cap  # type: ignore[attr-defined]
+    return platforms
 
 
 def test_a_burst_is_one_sample_per_block_and_platform(tmp_path: Path) -> None:
