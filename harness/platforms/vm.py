@@ -39,6 +39,9 @@ DEFAULT_MEMORY_MIB = 1024  # when the run sets no memory limit (a guest needs a 
 SCRATCH_MIB = 2048  # the scratch disk: fio's largest file at full size, and room
 STARTUP_DISK_MIB = 16  # the cold-start guests' own (empty) scratch disk
 EXIT_TIMEOUT_S = 60.0
+# An emulated cold boot takes 8-15 s here: a profile's 10 a block would be most of quick's
+# 10 minutes. Under TCG the scheduler gives the vm this many (recorded in describe()).
+TCG_COLD_STARTS_PER_BLOCK = 1
 INITRAMFS_CACHE = "vm-initramfs"  # under the isobench home
 
 
@@ -100,6 +103,8 @@ class VmPlatform:
         self._guest: _Guest | None = None
         self._next = 0
         self._versions: dict[str, str] = {}
+        # Read by the scheduler (scheduler.launch_cap); set once the accelerator is known.
+        self.cold_starts_per_block: int | None = None
 
     def available(self) -> tuple[bool, str]:
         """libvirt-python and qemu-system-x86_64 installed (the kernel is found in prepare)."""
@@ -157,6 +162,8 @@ class VmPlatform:
             make_scratch_disk(work / "scratch.raw", SCRATCH_MIB)
             make_scratch_disk(work / "startup.raw", STARTUP_DISK_MIB)
             self._state.decision = self._decide_accel()  # a KVM probe boots on startup.raw
+            if self._state.decision.accel == "tcg":
+                self.cold_starts_per_block = TCG_COLD_STARTS_PER_BLOCK
             if self.options.boot_run_guest:
                 self._guest = self._boot(work / "scratch.raw", self._state.decision.accel)
                 self._loopback_up(self._guest)
@@ -416,6 +423,7 @@ class VmPlatform:
                 "network": "no device: loopback only (set up by isobench); host-peer benchmarks not applicable",
                 "workload_changes": dict(state.resized),
                 "cold_starts": _cold_start_summary(state.cold_starts),
+                "cold_starts_per_block": self.cold_starts_per_block or "the profile's",
                 "image_digest": state.ctx.image_digest,
             }
         )
