@@ -285,7 +285,7 @@ def _take(
             outcome = Outcome(exit_code=-1, stdout="", stderr=str(exc), wall_s=0.0)
             error = f"{type(exc).__name__}: {exc}"
         else:
-            metrics, error = _parse(workload, outcome)
+            metrics, error = _parse(outcome.ran or workload, outcome)
     figures = confounders()
     return Sample(
         block=step.block,

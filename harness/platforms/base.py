@@ -40,6 +40,9 @@ class Outcome:
     stderr: str
     wall_s: float
     resources: dict[str, float] = field(default_factory=dict)  # e.g. cgroup CPU time, peak memory
+    # The workload the platform really ran when it had to change it (a VM under TCG runs
+    # smoke sizes): its parser, which checks the sizes asked for, reads the output.
+    ran: Workload | None = None
 
 
 class Platform(Protocol):

@@ -313,6 +313,7 @@ class VmPlatform:
             stderr=stderr,
             wall_s=wall_s,
             resources=resources,
+            ran=workload,
         )
 
     def _fitted(self, workload: Workload) -> Workload:

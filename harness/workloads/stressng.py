@@ -90,7 +90,7 @@ def stress_ng_workload(
 # ---------------------------------------------------------------- CPU
 
 # Bogo-ops per instance: one 128x128 matrix product each (about 1.7 ms here).
-MATRIX_OPS = {"smoke": 200, "quick": 500, "full": 12000}
+MATRIX_OPS = {"smoke": 60, "quick": 500, "full": 12000}
 MATRIX = ("--matrix-method", "prod", "--matrix-size", "128")
 
 

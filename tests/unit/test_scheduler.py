@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import re
@@ -492,3 +493,23 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path: Path
     assert keys(resumed) == whole
     assert len(set(keys(resumed))) == len(whole)
     assert resumed.status == "complete"
+
+
+def test_the_output_of_a_changed_workload_is_read_by_its_own_parser(tmp_path: Path) -> None:
+    """A platform that ran another size (a VM under TCG) hands that workload back with the outcome."""
+
+    class Shrinking(FakePlatform):
+        def run(self, workload: Workload) -> Outcome:
+            outcome = super().run(workload)
+            seen: list[str] = []
+
+            def strict(text: str) -> dict[str, float]:
+                seen.append(text)
+                return {"events_per_s": 1.0, "latency_avg_ms": 1.0}
+
+            outcome.ran = dataclasses.replace(workload, parse=strict, sizes={"events": 1})
+            return outcome
+
+    results = run(tmp_path / "r.json", [FakePlatform("bare"), Shrinking("vm")], blocks=1)
+    vm = [s for s in results.samples if s.platform == "vm" and not s.warmup]
+    assert vm and all(s.metrics == {"events_per_s": 1.0, "latency_avg_ms": 1.0} for s in vm)
