@@ -38,6 +38,12 @@ QEMU_CONF = (
 )
 # libvirt's driver refuses to start as root unless its compiled-in qemu user exists.
 QEMU_USER = "libvirt-qemu"
+# libvirt binds each domain's QEMU monitor at
+# <root>/lib/qemu/domain-<id>-<first 20 chars of the name>/monitor.sock, and a
+# UNIX socket path holds at most 107 bytes: with ids up to five digits the root
+# may take what is left.
+MONITOR_SUFFIX_LEN = len("/lib/qemu/domain-99999-") + 20 + len("/monitor.sock")
+MAX_EMBED_ROOT_LEN = 107 - MONITOR_SUFFIX_LEN
 
 _loop_lock = threading.Lock()
 _loop_started = False
@@ -60,6 +66,13 @@ def embed_root(uri: str) -> Path | None:
         raise UserError(
             f"--libvirt-uri {uri}: an embed URI needs one absolute root; "
             f"accepted: {EMBED_PREFIX}?root=/some/dir, qemu:///system or any libvirt URI"
+        )
+    if len(roots[0].encode()) > MAX_EMBED_ROOT_LEN:
+        raise UserError(
+            f"--libvirt-uri {uri}: the embed root is {len(roots[0].encode())} bytes long; "
+            f"libvirt puts each guest's monitor socket under it and a socket path holds "
+            f"107 bytes, so the root must be at most {MAX_EMBED_ROOT_LEN} "
+            "(a shorter --libvirt-uri root or ISOBENCH_HOME)"
         )
     return Path(roots[0])
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,10 +169,18 @@ def run_cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedP
     return proc
 
 
+@pytest.fixture
+def short_root() -> Iterator[Path]:
+    """An embed root of its own, short: libvirt's monitor sockets live under it."""
+    root = Path(tempfile.mkdtemp(prefix="ib-embed-", dir="/tmp"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def test_cli_smoke_run_on_vm_is_labelled_tcg_and_killed_runs_are_swept(
-    home: Path, tmp_path: Path
+    home: Path, tmp_path: Path, short_root: Path
 ) -> None:
-    root = tmp_path / "embed"  # not the module's: that one is held by this process
+    root = short_root  # not the module's: that one is held by this process
     cli_uri = f"qemu:///embed?root={root}"
     out = run_cli(
         home, "run", "--profile", "smoke", "--platform", "vm", "--bench",

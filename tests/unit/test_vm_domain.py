@@ -169,9 +169,15 @@ def test_owner_of_ignores_foreign_domains() -> None:
 
 def test_embed_uri_root_parsing_and_conf(tmp_path: Path) -> None:
     assert embed_root("qemu:///system") is None
-    assert embed_root(f"qemu:///embed?root={tmp_path}") == tmp_path
+    assert embed_root("qemu:///embed?root=/var/lib/isobench/libvirt") == Path(
+        "/var/lib/isobench/libvirt"
+    )
     with pytest.raises(UserError, match="accepted: qemu:///embed"):
         embed_root("qemu:///embed?root=relative")
+    # CI's pytest tmp dirs once made a root whose monitor socket path was 118 bytes long.
+    long_root = "/tmp/pytest-of-root/pytest-0/test_cli_smoke_run_on_vm_is_la0/embed"
+    with pytest.raises(UserError, match=r"embed root is 66 bytes long.*at most 51"):
+        embed_root(f"qemu:///embed?root={long_root}")
     prepare_embed_root(tmp_path / "r")
     assert 'stdio_handler = "file"' in (tmp_path / "r" / "etc" / "qemu.conf").read_text()
 
