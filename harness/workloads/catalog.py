@@ -85,7 +85,7 @@ MEMORY_METRICS = (
 def sysbench_memory(profile: str) -> Workload:
     """sysbench memory: sequential reads of a buffer 4x the last-level cache, one thread."""
     blocks = MEMORY_BLOCKS[check_profile(profile)]
-    block_mib = memory_array_mib()
+    block_mib = memory_array_mib(profile=profile)
     argv = (
         SYSBENCH,
         "memory",

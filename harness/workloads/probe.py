@@ -174,7 +174,7 @@ STREAM_METRICS = tuple(
 def stream(profile: str) -> Workload:
     """McCalpin STREAM, one thread: best-rate MB/s (10^6) of copy, scale, add, triad; triad primary."""
     ntimes = STREAM_NTIMES[check_profile(profile)]
-    array_mib = memory_array_mib()
+    array_mib = memory_array_mib(profile=profile)
     names = [metric.name for metric in STREAM_METRICS]
 
     def parse(text: str) -> dict[str, float]:

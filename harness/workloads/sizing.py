@@ -2,7 +2,9 @@
 
 Each factory holds its own per-profile sizes next to its command line; what is
 shared lives here. The memory benchmarks must miss the caches, so their arrays
-are at least 4x the host's last-level cache (the STREAM rule) with a floor.
+are at least 4x the host's last-level cache (the STREAM rule) with a floor,
+except in smoke, whose tiny sizes check that everything runs, not what memory
+costs: there they are a quarter of that (about the cache's size).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ MIB = 1024 * 1024
 CACHE_SYSFS = Path("/sys/devices/system/cpu/cpu0/cache")
 # Floor for the cache-missing arrays: hosts that report no cache (some VMs) still miss it.
 MEMORY_FLOOR_MIB = 64
+SMOKE_ARRAY_DIVISOR = 4
 # The platform's kill deadline per profile; generous, a run that needs it has hung.
 TIMEOUT_S = {"smoke": 60.0, "quick": 180.0, "full": 1800.0}
 
@@ -45,7 +48,12 @@ def last_level_cache_bytes(cache_dir: Path = CACHE_SYSFS) -> int | None:
     return best[1] if best else None
 
 
-def memory_array_mib(cache_dir: Path = CACHE_SYSFS) -> int:
-    """One array of a memory benchmark: 4x the last-level cache, at least MEMORY_FLOOR_MIB."""
+def memory_array_mib(cache_dir: Path = CACHE_SYSFS, *, profile: str = "quick") -> int:
+    """One array of a memory benchmark: 4x the last-level cache, at least MEMORY_FLOOR_MIB.
+
+    smoke takes a quarter of it: its figures are not for reading (the arrays partly
+    fit in the cache) and the smoke profile has two minutes for every benchmark.
+    """
     llc = last_level_cache_bytes(cache_dir) or 0
-    return max(MEMORY_FLOOR_MIB, -(-4 * llc // MIB))
+    size = max(MEMORY_FLOOR_MIB, -(-4 * llc // MIB))
+    return size // SMOKE_ARRAY_DIVISOR if check_profile(profile) == "smoke" else size

@@ -33,7 +33,7 @@ KINDS: dict[str, tuple[str, str, str, str]] = {
 # File size in MiB per profile; each run reads or writes it once. Reads lay the file
 # out first (not measured). Here: seq ~1 GiB/s, random 4 KiB ~13k IOPS direct.
 FILE_MIB = {
-    "smoke": {"seq": 64, "rand": 8},
+    "smoke": {"seq": 32, "rand": 4},
     "quick": {"seq": 256, "rand": 32},
     "full": {"seq": 4096, "rand": 1024},
 }

@@ -127,7 +127,7 @@ def randlist(profile: str) -> Workload:
     last-level cache; its set-up (allocation and shuffle, a few % at quick) is in
     stress-ng's real time.
     """
-    items = memory_array_mib() * MIB // RANDLIST_ITEM_BYTES
+    items = memory_array_mib(profile=profile) * MIB // RANDLIST_ITEM_BYTES
 
     def latency(values: dict[str, float]) -> dict[str, float]:
         visits_per_s = values[RATE.name] * RANDLIST_PASSES_PER_OP * items

@@ -114,7 +114,7 @@ def test_parse_captured_output_gives_exactly_the_declared_metrics(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The probe checks its arrays' size; the capture's were 128 MiB.
-    monkeypatch.setattr("harness.workloads.probe.memory_array_mib", lambda: 128)
+    monkeypatch.setattr("harness.workloads.probe.memory_array_mib", lambda **_: 128)
     workload = BENCHMARKS[name]("smoke")
     values = workload.parse(captured(CAPTURED[name]))
     assert list(values) == [metric.name for metric in workload.metrics]
@@ -291,16 +291,23 @@ def test_memory_arrays_have_a_floor(tmp_path: Path) -> None:
 
 def test_memory_benchmarks_use_the_array_size() -> None:
     array_mib = memory_array_mib()
-    stream = BENCHMARKS["memory.probe.stream"]("smoke")
+    stream = BENCHMARKS["memory.probe.stream"]("quick")
     assert stream.sizes["array_mib"] == array_mib
     assert stream.argv[1:3] == ("stream", str(array_mib))  # three arrays of this many MiB
-    randlist = BENCHMARKS["memory.stress-ng.randlist"]("smoke")
+    randlist = BENCHMARKS["memory.stress-ng.randlist"]("quick")
     items = array_mib * 2**20 // 64
     assert randlist.sizes["items"] == items
     ns = randlist.parse(captured("stress-ng/randlist.txt"))["ns_per_access"]
     assert ns == pytest.approx(1e9 / (1.01 * 2 * items))
-    sysbench = BENCHMARKS["memory.sysbench.seq"]("smoke")
+    sysbench = BENCHMARKS["memory.sysbench.seq"]("quick")
     assert f"--memory-block-size={array_mib}M" in sysbench.argv
+    # smoke: a quarter, for every memory benchmark
+    smoke_mib = array_mib // 4
+    assert memory_array_mib(profile="smoke") == smoke_mib
+    assert BENCHMARKS["memory.probe.stream"]("smoke").sizes["array_mib"] == smoke_mib
+    assert BENCHMARKS["memory.stress-ng.randlist"]("smoke").sizes["items"] == smoke_mib * 2**14
+    smoke_sysbench = BENCHMARKS["memory.sysbench.seq"]("smoke")
+    assert f"--memory-block-size={smoke_mib}M" in smoke_sysbench.argv
 
 
 # ---------------------------------------------------------------- selection

@@ -144,11 +144,12 @@ def test_rtt_workload_refuses_other_work() -> None:
 def test_stream_workload(monkeypatch: pytest.MonkeyPatch) -> None:
     workload = stream("smoke")
     assert workload.benchmark == "memory.probe.stream"
-    assert workload.argv == ("/usr/bin/isobench-probe", "stream", str(memory_array_mib()), "2")
+    smoke_mib = memory_array_mib(profile="smoke")
+    assert workload.argv == ("/usr/bin/isobench-probe", "stream", str(smoke_mib), "2")
     assert workload.primary == "triad_mb_s"
-    assert workload.sizes["array_mib"] == memory_array_mib()
+    assert workload.sizes["array_mib"] == smoke_mib
     # The capture's arrays were 128 MiB (4x this host's 32 MiB L3); pretend the same here.
-    monkeypatch.setattr("harness.workloads.probe.memory_array_mib", lambda: 128)
+    monkeypatch.setattr("harness.workloads.probe.memory_array_mib", lambda **_: 128)
     assert stream("smoke").parse(captured("probe-stream.txt")) == {
         "copy_mb_s": 11056.1,
         "scale_mb_s": 4905.2,
@@ -157,7 +158,7 @@ def test_stream_workload(monkeypatch: pytest.MonkeyPatch) -> None:
     }
     with pytest.raises(ParseError, match="ntimes=2, asked for 6"):
         stream("quick").parse(captured("probe-stream.txt"))
-    monkeypatch.setattr("harness.workloads.probe.memory_array_mib", lambda: 64)
+    monkeypatch.setattr("harness.workloads.probe.memory_array_mib", lambda **_: 64)
     with pytest.raises(ParseError, match="array_mib=128, asked for 64"):
         stream("smoke").parse(captured("probe-stream.txt"))
 
