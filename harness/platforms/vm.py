@@ -387,6 +387,10 @@ class VmPlatform:
                 if domain.name().startswith(prefix):
                     _destroy_domain(domain)
         if self._state is not None:
+            from harness.runtime.cleanup import sweep_run_machine_cgroups
+
+            # A guest whose QEMU died unwatched leaves libvirt's cgroup behind.
+            sweep_run_machine_cgroups(self._state.ctx.run_id)
             shutil.rmtree(self._state.dir, ignore_errors=True)
 
     def describe(self) -> dict[str, object]:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +90,7 @@ def cleanup(
                 os.rmdir(runtime.root)
     yield from _sweep_image_store(runtime, dry_run, everything)
     yield from _sweep_vms(libvirt_uri, dry_run)
+    yield from sweep_machine_cgroups(_hierarchy_mounts(), dry_run)
     yield from _sweep_run_workdirs(dry_run)
     yield from _sweep_network(dry_run)
 
@@ -214,6 +217,79 @@ def _sweep_vms(uri: str | None, dry_run: bool) -> Iterator[str]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             yield f"{'would kill' if dry_run else 'killed'} QEMU {pid} of domain {name}"
+
+
+# The cgroups libvirt's QEMU driver makes itself (no systemd machined): on v1 and v2
+# alike /machine/qemu-[embed-<hash>-]<domain id>-<domain name>.libvirt-qemu.
+MACHINE_CGROUP_MIN_AGE_S = 60.0
+_MACHINE_CGROUP = re.compile(r"^qemu-(?:embed-[0-9a-f]+-)?\d+-(isobench-[^/]*)\.libvirt-qemu$")
+
+
+def sweep_machine_cgroups(
+    mounts: list[str],
+    dry_run: bool = False,
+    run_id: str | None = None,
+    min_age_s: float = MACHINE_CGROUP_MIN_AGE_S,
+) -> Iterator[str]:
+    """Empty libvirt cgroups of isobench guests (of run_id only, when given).
+
+    libvirt removes a guest's cgroup when the guest stops, but not when QEMU dies
+    while no driver is watching it (its run was SIGKILLed, or the host OOM killer
+    took QEMU while the driver was busy): those stay, empty, under /machine. One
+    with a process in it belongs to a live guest and is kept, and so is one made
+    less than min_age_s ago: another run's guest may be starting in it (libvirt
+    makes the cgroup before it moves QEMU in). A run sweeping its own guests at
+    its end passes run_id and no minimum age.
+    """
+    found: dict[str, list[Path]] = {}
+    for mount in mounts:
+        parent = Path(mount) / "machine"
+        with contextlib.suppress(OSError):
+            for child in parent.iterdir():
+                match = _MACHINE_CGROUP.match(child.name)
+                if match and child.is_dir() and (run_id is None or run_id in match[1]):
+                    found.setdefault(child.name, []).append(child)
+    now = time.time()
+    for name, paths in sorted(found.items()):
+        if any(_has_processes(path) for path in paths):
+            yield f"kept cgroup /machine/{name}: a guest still runs in it"
+            continue
+        if any(now - _mtime(path) < min_age_s for path in paths):
+            yield f"kept cgroup /machine/{name}: made less than {min_age_s:g} s ago"
+            continue
+        if not dry_run:
+            for path in paths:
+                _remove_tree(path)
+        yield f"{'would remove' if dry_run else 'removed'} cgroup /machine/{name}"
+
+
+def sweep_run_machine_cgroups(run_id: str) -> list[str]:
+    """What sweep_machine_cgroups removed of one run's guests, on this host's hierarchies."""
+    return list(sweep_machine_cgroups(_hierarchy_mounts(), run_id=run_id, min_age_s=0))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _has_processes(path: Path) -> bool:
+    for procs in path.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError):
+            if procs.read_text().strip():
+                return True
+    return False
+
+
+def _remove_tree(path: Path) -> None:
+    """rmdir a cgroup and its children, deepest first (cgroupfs refuses rmtree's unlinks)."""
+    for child in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            child.rmdir()
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 def sweep_domains(conn: object, dry_run: bool = False) -> Iterator[str]:
