@@ -94,7 +94,7 @@ def cpu_quota_at(adapter: Adapter, env: Env, cpus: float) -> Record:
               columns=("cpu_nr_throttled", "host_busy_j", "host_total_j"),
               effective_files=("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.max", "cpu.shares", "cpu.weight"))  # fmt: skip
     done = run_jobs(adapter, [(job, env.instance(job.name))], extra=_host_jiffies)[0]
-    rate = v.steady_rate(done.series["t_s"], done.series["cpu_ns"], 0.1e9, 1.0)
+    rate = v.steady_rate(done.series["t_s"], done.series["cpu_ns"], 0.1e9, 1.0, PERIOD_US / 1e6)
     if rate is None:
         return record(test, adapter, done, verdict=FAIL, reason="the load used no CPU", requested=cpus,
                        unit="CPUs", tolerance_pct=5.0, setup=setup)  # fmt: skip

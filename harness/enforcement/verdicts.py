@@ -45,13 +45,24 @@ def active_window(
 
 
 def steady_rate(
-    t_s: Sequence[float], values: Sequence[float], min_rate: float, skip_s: float
+    t_s: Sequence[float],
+    values: Sequence[float],
+    min_rate: float,
+    skip_s: float,
+    period_s: float | None = None,
 ) -> tuple[float, float, float] | None:
     """(rate per second, window start, window end) of a counter while its load ran.
 
     The window starts skip_s after the load started (ramp-up excluded) and ends
     one sample before the last fast step (that step may be the load stopping
     part-way through a sampling interval). None when too little is left.
+
+    period_s: the load runs in on/off cycles of this length (a CFS quota: run
+    for the quota, throttled for the rest of the period). The window then spans
+    a whole number of periods, as near as the samples allow, ending at one of
+    the last PERIOD_END_CHOICES samples: over a fraction of a period the rate
+    depends on where in the cycle the window started (over one second, up to
+    +/-5 % of a 0.5-CPU quota).
     """
     window = active_window(t_s, values, min_rate)
     if window is None:
@@ -59,10 +70,25 @@ def steady_rate(
     a, b = window
     end = max(a, b - 1)
     start = next((i for i in range(a, end + 1) if t_s[i] >= t_s[a] + skip_s), end)
+    if period_s is not None:
+        end = min(
+            range(max(start + 2, end - PERIOD_END_CHOICES + 1), end + 1),
+            key=lambda j: (_off_period(t_s[j] - t_s[start], period_s), -j),
+            default=end,
+        )
     if end - start < 2 or t_s[end] <= t_s[start]:
         return None
     rate = (values[end] - values[start]) / (t_s[end] - t_s[start])
     return rate, t_s[start], t_s[end]
+
+
+PERIOD_END_CHOICES = 4
+
+
+def _off_period(span_s: float, period_s: float) -> float:
+    """How far span_s is from a whole number of periods, in seconds."""
+    rest = span_s % period_s
+    return min(rest, period_s - rest)
 
 
 def hold_delta(values: Sequence[float]) -> tuple[float, float, float] | None:

@@ -33,6 +33,38 @@ def test_steady_rate_measures_the_quota_and_excludes_ramp_up() -> None:
     assert rate[1] == pytest.approx(1.5, abs=DT)  # the load began at 0.5 s, plus 1 s excluded
 
 
+def cfs_series(
+    quota_s: float, period_s: float, run_s: float, phase_s: float
+) -> tuple[list[float], list[float]]:
+    """A cpu_ns counter under a CFS quota: each period one CPU runs for quota_s, then is throttled.
+
+    Sampled every DT from 0; the load starts at 0.5 s + phase_s and runs for run_s.
+    """
+    start = 0.5 + phase_s
+    t, ns = [], []
+    for i in range(int((run_s + 1.5) / DT) + 1):
+        now = i * DT
+        elapsed = min(max(now - start, 0.0), run_s)
+        whole, part = divmod(elapsed, period_s)
+        ns.append((whole * quota_s + min(part, quota_s)) * 1e9)
+        t.append(round(now, 4))
+    return t, ns
+
+
+@pytest.mark.parametrize("phase_s", [0.0, 0.01, 0.025, 0.04])
+def test_steady_rate_over_whole_cfs_periods_does_not_depend_on_the_phase(phase_s: float) -> None:
+    # The integration test's load: 2.5 s, 1 s excluded, so about one second is measured.
+    t, ns = cfs_series(0.05, 0.1, 2.5, phase_s)
+    naive = v.steady_rate(t, ns, 0.1e9, 1.0)
+    aligned = v.steady_rate(t, ns, 0.1e9, 1.0, period_s=0.1)
+    assert naive is not None and aligned is not None
+    assert aligned[0] / 1e9 == pytest.approx(0.5, rel=0.005)
+    span = aligned[2] - aligned[1]
+    assert span >= 0.9 and abs(span / 0.1 - round(span / 0.1)) < 1e-6
+    if phase_s in (0.01, 0.04):  # here the window of the fraction of a period, before this fix,
+        assert abs(naive[0] / 1e9 - 0.5) > 0.01  # started or ended mid-run: 2 % off
+
+
 def test_cpu_quota_enforced_passes_and_unenforced_fails() -> None:
     t, ns = cpu_series(0.5, 5.0)
     rate = v.steady_rate(t, ns, 0.1e9, 1.0)
