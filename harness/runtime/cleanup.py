@@ -38,10 +38,27 @@ def _hierarchy_mounts() -> list[str]:
     return sorted(set(hierarchies(CGROUP_ROOT, mountinfo).values()))
 
 
+def _sweep_mounts() -> list[str]:
+    """The hierarchies, plus the unified one a v1-hybrid host mounts beside them.
+
+    Nothing of ours is controlled there, but runc and libvirt make their cgroups
+    in it too (with no controllers), and those are left when theirs are.
+    """
+    mounts = _hierarchy_mounts()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            dash = fields.index("-")
+            mount, fstype = fields[4], fields[dash + 1]
+            if fstype == "cgroup2" and mount.startswith(str(CGROUP_ROOT)) and mount not in mounts:
+                mounts.append(mount)
+    return mounts
+
+
 def _cgroup_dirs(prefix: str) -> set[str]:
     """cgroupsPaths that exist under `prefix` in any hierarchy (the union over v1 controllers)."""
     found: set[str] = set()
-    for mount in _hierarchy_mounts():
+    for mount in _sweep_mounts():
         parent = Path(mount) / prefix.lstrip("/")
         if parent.is_dir():
             found.update(f"{prefix}/{child.name}" for child in parent.iterdir() if child.is_dir())
@@ -78,11 +95,14 @@ def cleanup(
                 with contextlib.suppress(IsobenchError):
                     manager.kill_all(signal.SIGKILL)
             manager.destroy()
+            for mount in set(_sweep_mounts()) - set(_hierarchy_mounts()):
+                with contextlib.suppress(OSError):  # runc's twin in the hybrid unified tree
+                    os.rmdir(os.path.join(mount, path.lstrip("/")))
         yield f"{'would remove' if dry_run else 'removed'} cgroup {path}"
     if not dry_run:
         # The shared parent cgroup, once no container uses it (delete leaves it:
         # removing it there would race with a concurrent create).
-        for mount in _hierarchy_mounts():
+        for mount in _sweep_mounts():
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.join(mount, CGROUP_PARENT.lstrip("/")))
         if os.path.isdir(runtime.root) and not os.listdir(runtime.root):
@@ -90,7 +110,7 @@ def cleanup(
                 os.rmdir(runtime.root)
     yield from _sweep_image_store(runtime, dry_run, everything)
     yield from _sweep_vms(libvirt_uri, dry_run)
-    yield from sweep_machine_cgroups(_hierarchy_mounts(), dry_run)
+    yield from sweep_machine_cgroups(_sweep_mounts(), dry_run)
     yield from _sweep_run_workdirs(dry_run)
     yield from _sweep_network(dry_run)
 
@@ -265,7 +285,7 @@ def sweep_machine_cgroups(
 
 def sweep_run_machine_cgroups(run_id: str) -> list[str]:
     """What sweep_machine_cgroups removed of one run's guests, on this host's hierarchies."""
-    return list(sweep_machine_cgroups(_hierarchy_mounts(), run_id=run_id, min_age_s=0))
+    return list(sweep_machine_cgroups(_sweep_mounts(), run_id=run_id, min_age_s=0))
 
 
 def _mtime(path: Path) -> float:

@@ -33,11 +33,11 @@ def test_mounts_under_a_path_with_a_space_are_detached(tmp_path: Path) -> None:
 @pytest.mark.requires("cgroups")
 def test_cleanup_removes_an_empty_libvirt_cgroup_of_a_killed_guest() -> None:
     """What a guest whose QEMU died unwatched leaves: libvirt's cgroup, empty, with children."""
-    from harness.runtime.cleanup import _hierarchy_mounts, sweep_machine_cgroups
+    from harness.runtime.cleanup import _sweep_mounts, sweep_machine_cgroups
 
     run_id = f"t{secrets.token_hex(4)}"
     name = f"qemu-embed-0badc0de-1-isobench-{run_id}-vm0.libvirt-qemu"
-    mounts = _hierarchy_mounts()
+    mounts = _sweep_mounts()
     made, parents = [], []
     for mount in mounts:
         machine = Path(mount) / "machine"
