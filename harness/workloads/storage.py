@@ -34,7 +34,7 @@ KINDS: dict[str, tuple[str, str, str, str]] = {
 # out first (not measured). Here: seq ~1 GiB/s, random 4 KiB ~13k IOPS direct.
 FILE_MIB = {
     "smoke": {"seq": 32, "rand": 4},
-    "quick": {"seq": 256, "rand": 32},
+    "quick": {"seq": 192, "rand": 24},
     "full": {"seq": 4096, "rand": 1024},
 }
 

@@ -154,30 +154,30 @@ def randlist(profile: str) -> Workload:
 
 # ---------------------------------------------------------------- IPC
 
-# Mechanism -> (stressor, its options, bogo-ops per profile). Each run is about 2 s at
-# quick here. Substitutions forced by stress-ng 0.15.06: --sock-domain unix fails with
+# Mechanism -> (stressor, its options, bogo-ops per profile). Each run is about 0.5 s at
+# quick here (0.6x the first quick sizes, so that quick with the vm fits 10 minutes). Substitutions forced by stress-ng 0.15.06: --sock-domain unix fails with
 # EPROTONOSUPPORT (it asks for IPPROTO_TCP), so unix sockets use --sockpair; POSIX --sem
 # ignores --sem-ops and crawls at ~100 ops/s, so semaphores are System V; shared memory
 # is System V too, which needs no /dev/shm mount in the platform.
 IPC: dict[str, tuple[str, tuple[str, ...], dict[str, int]]] = {
     # a writer and a reader process; one bogo-op per pipe write
-    "pipe": ("pipe", (), {"smoke": 300_000, "quick": 1_000_000, "full": 30_000_000}),
+    "pipe": ("pipe", (), {"smoke": 300_000, "quick": 600_000, "full": 30_000_000}),
     # socketpair(AF_UNIX) between a client and a server process, randomly sized I/O
-    "unix-socket": ("sockpair", (), {"smoke": 10_000, "quick": 40_000, "full": 1_000_000}),
+    "unix-socket": ("sockpair", (), {"smoke": 10_000, "quick": 24_000, "full": 1_000_000}),
     # client and server over lo: connect, sends and receives, disconnect
     "tcp-loopback": (
         "sock",
         ("--sock-domain", "ipv4", "--sock-if", "lo"),
-        {"smoke": 100, "quick": 300, "full": 10_000},
+        {"smoke": 100, "quick": 180, "full": 10_000},
     ),
     # one bogo-op creates and destroys 8 segments of 8 MiB
-    "shm": ("shm-sysv", (), {"smoke": 100, "quick": 500, "full": 15_000}),
+    "shm": ("shm-sysv", (), {"smoke": 100, "quick": 300, "full": 15_000}),
     # a sender and a receiver process; one bogo-op per message sent
-    "mq": ("mq", (), {"smoke": 60_000, "quick": 250_000, "full": 6_000_000}),
+    "mq": ("mq", (), {"smoke": 60_000, "quick": 150_000, "full": 6_000_000}),
     # wait and post by a parent and 4 children contending on one semaphore
-    "sem": ("sem-sysv", (), {"smoke": 20_000, "quick": 40_000, "full": 1_000_000}),
+    "sem": ("sem-sysv", (), {"smoke": 20_000, "quick": 24_000, "full": 1_000_000}),
     # sigqueue(SIGUSR1) to a child waiting in sigwaitinfo; one bogo-op per signal sent
-    "signal": ("sigq", (), {"smoke": 60_000, "quick": 250_000, "full": 6_000_000}),
+    "signal": ("sigq", (), {"smoke": 60_000, "quick": 150_000, "full": 6_000_000}),
 }
 
 

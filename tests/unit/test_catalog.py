@@ -137,7 +137,7 @@ def test_stress_ng_runs_that_stopped_short_are_refused() -> None:
     with pytest.raises(ParseError, match="finished prematurely"):
         tcp("smoke").parse(captured("stress-ng/sock-ipv4-lo-down.txt"))
     # The smoke capture did 100 bogo-ops; quick asks for 300.
-    with pytest.raises(ParseError, match="did 100 of 300 bogo-ops"):
+    with pytest.raises(ParseError, match="did 100 of 180 bogo-ops"):
         tcp("quick").parse(captured("stress-ng/sock-ipv4.txt"))
     # All-threads runs do ops per CPU: 400 on two CPUs meets 200 each.
     matrix = BENCHMARKS["cpu.stress-ng.matrix.allthreads"]("smoke")
@@ -187,7 +187,7 @@ def test_stress_ng_ipc_argv() -> None:
         "--sock",
         "1",
         "--sock-ops",
-        "300",
+        "180",
         "--sock-domain",
         "ipv4",
         "--sock-if",
@@ -213,7 +213,7 @@ def test_fio_volume_argv() -> None:
         "--directory=/scratch",
         "--rw=randread",
         "--bs=4k",
-        "--size=32M",
+        "--size=24M",
         "--ioengine=psync",
         "--iodepth=1",
         "--direct=1",

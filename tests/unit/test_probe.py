@@ -135,7 +135,7 @@ def test_rtt_workload_reports_microseconds(mech: str) -> None:
 
 
 def test_rtt_workload_refuses_other_work() -> None:
-    with pytest.raises(ParseError, match="iters=2000, asked for 100000"):
+    with pytest.raises(ParseError, match="iters=2000, asked for 60000"):
         rtt("pipe", "quick").parse(captured("probe-rtt-pipe.txt"))
     with pytest.raises(ParseError, match="mech=pipe, expected unix"):
         rtt("unix", "smoke").parse(captured("probe-rtt-pipe.txt"))
