@@ -26,7 +26,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     clean = sub.add_parser(
-        "cleanup", help="remove what crashed runs left: containers, cgroups, mounts, dirs"
+        "cleanup",
+        help="remove what crashed runs left: containers, guests, cgroups, mounts, netns, veths, dirs",
     )
     clean.add_argument(
         "--root", default=None, help="runtime state directory (default: the runtime's)"

@@ -22,20 +22,16 @@ from pathlib import Path
 
 from harness.errors import IsobenchError
 from harness.runtime import state as st
+from harness.runtime.cgroups import fs as cgroup_fs
 from harness.runtime.cgroups.base import CGROUP_ROOT, detect_version, new_manager
+from harness.runtime.cgroups.fs import parse_mountinfo
 from harness.runtime.lifecycle import CGROUP_PARENT, Runtime
 
 HARNESS_PREFIX = "isobench-"  # ids the harness makes: isobench-<run id>-<n>
 
 
 def _hierarchy_mounts() -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        mountinfo = f.read()
-    if detect_version(CGROUP_ROOT, mountinfo) == 2:
-        return [str(CGROUP_ROOT)]
-    from harness.runtime.cgroups.v1 import hierarchies
-
-    return sorted(set(hierarchies(CGROUP_ROOT, mountinfo).values()))
+    return _mounts()[0]
 
 
 def _sweep_mounts() -> list[str]:
@@ -44,15 +40,23 @@ def _sweep_mounts() -> list[str]:
     Nothing of ours is controlled there, but runc and libvirt make their cgroups
     in it too (with no controllers), and those are left when theirs are.
     """
-    mounts = _hierarchy_mounts()
+    hierarchy, unified = _mounts()
+    return hierarchy + unified
+
+
+def _mounts() -> tuple[list[str], list[str]]:
+    """(the hierarchies we drive, the cgroup2 mounts beside them on a v1-hybrid host)."""
     with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            dash = fields.index("-")
-            mount, fstype = fields[4], fields[dash + 1]
-            if fstype == "cgroup2" and mount.startswith(str(CGROUP_ROOT)) and mount not in mounts:
-                mounts.append(mount)
-    return mounts
+        mountinfo = f.read()
+    if detect_version(CGROUP_ROOT, mountinfo) == 2:
+        return [str(CGROUP_ROOT)], []
+    from harness.runtime.cgroups.v1 import hierarchies
+
+    prefix = str(CGROUP_ROOT) + "/"
+    unified = sorted({m.mountpoint for m in parse_mountinfo(mountinfo) if m.fstype == "cgroup2"})
+    return sorted(set(hierarchies(CGROUP_ROOT, mountinfo).values())), [
+        mount for mount in unified if mount.startswith(prefix)
+    ]
 
 
 def _cgroup_dirs(prefix: str) -> set[str]:
@@ -82,6 +86,7 @@ def cleanup(
             line = _sweep_container(runtime, name, dry_run, everything, referenced)
             if line:
                 yield line
+    unified = _mounts()[1]
     for path in sorted(_cgroup_dirs(CGROUP_PARENT) - referenced):
         manager = new_manager(path)
         busy = bool(manager.pids())
@@ -95,8 +100,8 @@ def cleanup(
                 with contextlib.suppress(IsobenchError):
                     manager.kill_all(signal.SIGKILL)
             manager.destroy()
-            for mount in set(_sweep_mounts()) - set(_hierarchy_mounts()):
-                with contextlib.suppress(OSError):  # runc's twin in the hybrid unified tree
+            for mount in unified:  # runc's twin in the hybrid unified tree
+                with contextlib.suppress(OSError):
                     os.rmdir(os.path.join(mount, path.lstrip("/")))
         yield f"{'would remove' if dry_run else 'removed'} cgroup {path}"
     if not dry_run:
@@ -305,11 +310,10 @@ def _has_processes(path: Path) -> bool:
 
 def _remove_tree(path: Path) -> None:
     """rmdir a cgroup and its children, deepest first (cgroupfs refuses rmtree's unlinks)."""
-    for child in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-        with contextlib.suppress(OSError):
-            child.rmdir()
-    with contextlib.suppress(OSError):
-        path.rmdir()
+    children = sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+    for directory in [*children, path]:
+        with contextlib.suppress(IsobenchError):  # a guest starting in it after all: kept
+            cgroup_fs.rmdir(str(directory))
 
 
 def sweep_domains(conn: object, dry_run: bool = False) -> Iterator[str]:

@@ -155,7 +155,8 @@ def randlist(profile: str) -> Workload:
 # ---------------------------------------------------------------- IPC
 
 # Mechanism -> (stressor, its options, bogo-ops per profile). Each run is about 0.5 s at
-# quick here (0.6x the first quick sizes, so that quick with the vm fits 10 minutes). Substitutions forced by stress-ng 0.15.06: --sock-domain unix fails with
+# quick here (0.6x the first quick sizes, so that quick with the vm fits 10 minutes).
+# Substitutions forced by stress-ng 0.15.06: --sock-domain unix fails with
 # EPROTONOSUPPORT (it asks for IPPROTO_TCP), so unix sockets use --sockpair; POSIX --sem
 # ignores --sem-ops and crawls at ~100 ops/s, so semaphores are System V; shared memory
 # is System V too, which needs no /dev/shm mount in the platform.
