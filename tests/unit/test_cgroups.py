@@ -728,3 +728,28 @@ def test_v2_destroy(tmp_path: Path) -> None:
     m.create()
     m.destroy()
     assert not m.exists() and (tmp_path / "isobench").is_dir()
+
+
+def test_read_optional_treats_a_removed_cgroup_as_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kernfs answers ENODEV for a file of a cgroup removed between open and read."""
+    import builtins
+
+    from harness.runtime.cgroups import fs
+
+    (tmp_path / "cgroup.procs").write_text("1\n")
+    real_open = builtins.open
+
+    def failing_open(path: object, *args: object, **kwargs: object) -> object:
+        if str(path).endswith("cgroup.procs"):
+            raise OSError(errno.ENODEV, "No such device")
+        if str(path).endswith("memory.stat"):
+            raise OSError(errno.EIO, "I/O error")
+        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    assert fs.read_optional(str(tmp_path), "cgroup.procs") is None
+    assert fs.read_pids(str(tmp_path)) == []
+    with pytest.raises(OSFailure):  # other errors still are errors
+        fs.read_optional(str(tmp_path), "memory.stat")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.enforcement import verdicts as v
@@ -180,3 +182,37 @@ def test_hold_delta_leaves_the_allocation_ramp_out_of_the_baseline() -> None:
     series = [2.4] + [0.5] * 18 + [3.7, 30.9] + [50.9] * 50 + [0.6] * 20
     delta = v.hold_delta(series)
     assert delta is not None and delta[1] == 0.5 and delta[0] == pytest.approx(50.4)
+
+
+class _Paths:
+    def __init__(self, paths: dict[str, str]) -> None:
+        self._paths = paths
+
+    def paths(self) -> dict[str, str]:
+        return self._paths
+
+
+def test_io_counts_only_the_throttled_device_v1_and_v2(tmp_path: Path) -> None:
+    """A loop device's IO also shows on its backing disk in the same cgroup: count the loop only."""
+    from harness.enforcement.suite_tasks_io import device_io
+
+    (tmp_path / "blkio").mkdir()
+    (tmp_path / "blkio" / "blkio.throttle.io_service_bytes").write_text(
+        "7:0 Read 52428800\n7:0 Write 0\n7:0 Total 52428800\n"
+        "254:0 Read 52428800\n254:0 Write 4096\n254:0 Total 52432896\nTotal 104861696\n"
+    )
+    v1 = _Paths({"blkio": str(tmp_path / "blkio"), "memory": str(tmp_path / "memory")})
+    assert device_io(v1, "7:0") == {"io_read_bytes": 52428800, "io_write_bytes": 0}  # type: ignore[arg-type]
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "io.stat").write_text(
+        "254:0 rbytes=4096 wbytes=52428800 rios=1 wios=800 dbytes=0 dios=0\n"
+        "7:0 rbytes=0 wbytes=52428800 rios=0 wios=800 dbytes=0 dios=0\n"
+    )
+    v2 = _Paths({"": str(tmp_path / "v2")})
+    assert device_io(v2, "7:0") == {"io_read_bytes": 0, "io_write_bytes": 52428800}  # type: ignore[arg-type]
+    # The drivers' own totals still count every device.
+    from harness.runtime.cgroups.v1 import BlkioGroup
+
+    out: dict[str, int] = {}
+    BlkioGroup().stat(str(tmp_path / "blkio"), out)
+    assert out["io_read_bytes"] == 2 * 52428800

@@ -53,7 +53,12 @@ def _write(path: str, chunks: list[bytes]) -> None:
 
 
 def read_optional(directory: str, name: str) -> str | None:
-    """The file's text, or None when it does not exist (controller or kernel feature absent)."""
+    """The file's text, or None when it does not exist (controller or kernel feature absent).
+
+    ENODEV is the same thing: kernfs answers it for a file of a cgroup that was
+    removed between our open and our read (a killed container's, deleted by its
+    runtime while `kill --all` was still reading its cgroup.procs).
+    """
     path = os.path.join(directory, name)
     try:
         with open(path) as f:
@@ -61,6 +66,8 @@ def read_optional(directory: str, name: str) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as e:
+        if e.errno == errno.ENODEV:
+            return None
         raise OSFailure("read", path, e.errno or errno.EIO) from e
 
 

@@ -316,8 +316,8 @@ class BlkioGroup(Subsystem):
             nbytes = read_optional(directory, prefix + "io_service_bytes")
             if nbytes is not None:
                 ops = read_optional(directory, prefix + "io_serviced") or ""
-                out["io_read_bytes"], out["io_write_bytes"] = _sum_read_write(nbytes)
-                out["io_read_ops"], out["io_write_ops"] = _sum_read_write(ops)
+                out["io_read_bytes"], out["io_write_bytes"] = read_write_totals(nbytes)
+                out["io_read_ops"], out["io_write_ops"] = read_write_totals(ops)
                 return
 
 
@@ -332,11 +332,16 @@ def _weight_file(directory: str, name: str) -> str:
     )
 
 
-def _sum_read_write(text: str) -> tuple[int, int]:
-    # Lines are "MAJ:MIN Read N", "... Write N", "... Total N" and a final "Total N".
+def read_write_totals(text: str, device: str | None = None) -> tuple[int, int]:
+    """(read, write) of an io_service_bytes/io_serviced file, over every device or one "MAJ:MIN".
+
+    Lines are "MAJ:MIN Read N", "... Write N", "... Total N" and a final "Total N".
+    """
     read = write = 0
     for line in text.splitlines():
         fields = line.split()
+        if device is not None and fields and fields[0] != device:
+            continue
         if len(fields) == 3 and fields[1] == "Read":
             read += int(fields[2])
         elif len(fields) == 3 and fields[1] == "Write":

@@ -163,12 +163,7 @@ class IoController(Subsystem):
         text = read_optional(directory, "io.stat")
         if text is None:
             return
-        totals = {"rbytes": 0, "wbytes": 0, "rios": 0, "wios": 0}
-        for line in text.splitlines():  # "MAJ:MIN rbytes=N wbytes=N rios=N wios=N dbytes=N ..."
-            for pair in line.split()[1:]:
-                key, _, value = pair.partition("=")
-                if key in totals:
-                    totals[key] += int(value)
+        totals = io_stat_totals(text)
         out["io_read_bytes"], out["io_write_bytes"] = totals["rbytes"], totals["wbytes"]
         out["io_read_ops"], out["io_write_ops"] = totals["rios"], totals["wios"]
 
@@ -183,6 +178,20 @@ CONTROLLERS: tuple[Subsystem, ...] = (
     CpuController(),
     CpusetGroup(),
 )
+
+
+def io_stat_totals(text: str, device: str | None = None) -> dict[str, int]:
+    """rbytes, wbytes, rios, wios of io.stat, over every device or one "MAJ:MIN"."""
+    totals = {"rbytes": 0, "wbytes": 0, "rios": 0, "wios": 0}
+    for line in text.splitlines():  # "MAJ:MIN rbytes=N wbytes=N rios=N wios=N dbytes=N ..."
+        fields = line.split()
+        if not fields or (device is not None and fields[0] != device):
+            continue
+        for pair in fields[1:]:
+            key, _, value = pair.partition("=")
+            if key in totals:
+                totals[key] += int(value)
+    return totals
 
 
 def _check_unified(unified: tuple[tuple[str, str], ...]) -> None:
